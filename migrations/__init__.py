@@ -1,0 +1,1 @@
+"""Alembic migrations of the voicedb SQLite schema, installed as ``voicedb.migrations``."""

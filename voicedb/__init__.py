@@ -1,0 +1,11 @@
+"""voicedb: a voice library for Chatterbox TTS.
+
+>>> from voicedb import VoiceDB
+>>> db = VoiceDB()                       # doctest: +SKIP
+>>> db.add(["alice.wav"], name="alice")  # doctest: +SKIP
+"""
+from .errors import VoiceDBError
+from .library import VoiceDB
+from .records import AddResult, Match, Problem, SpeakResult, Voice
+
+__all__ = ["VoiceDB", "Voice", "Match", "AddResult", "SpeakResult", "Problem", "VoiceDBError"]

@@ -1,0 +1,465 @@
+"""The only module that imports chatterbox: checkpoints, embeddings, conditionals and synthesis.
+
+Chatterbox's own ``from_pretrained`` loads every model at once and ``generate`` hard-codes 1000
+speech tokens; voicedb needs finer control (enrollment loads only the voice encoder and S3Gen,
+synthesis caps tokens), so this adapter calls Chatterbox's public parts -- ``VoiceEncoder``,
+``S3Gen.embed_ref``/``inference``, ``T3.inference``, the tokenizers and the Perth watermarker --
+exactly as upstream's ``prepare_conditionals`` and ``generate`` do. Everything heavy is imported
+inside functions so that ``import voicedb`` stays light.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+S3_SR = 16_000  # rate of the voice encoder and the S3 speech tokenizer
+S3GEN_SR = 24_000  # rate of S3Gen's reference and of the synthesised audio
+DEC_COND_SECONDS = 10  # S3Gen reference length used by every flavour
+SPEECH_VOCAB = 6561  # tokens at or above this are special, never audio
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """One Chatterbox model family: where its weights are and how it conditions on a voice."""
+
+    name: str
+    repo_id: str
+    ve_file: str
+    t3_file: str
+    s3gen_file: str
+    tokenizer_file: str
+    prompt_seconds: int  # upstream ENC_COND_LEN / S3_SR
+    prompt_tokens: int  # upstream T3Config.speech_cond_prompt_len
+    min_seconds: float  # shortest reference the flavour accepts
+    summary: str
+
+
+FLAVOURS: dict[str, Flavour] = {
+    flavour.name: flavour
+    for flavour in (
+        Flavour("english", "ResembleAI/chatterbox", "ve.safetensors", "t3_cfg.safetensors",
+                "s3gen.safetensors", "tokenizer.json", 6, 150, 0.0, "ChatterboxTTS (English)"),
+        Flavour("multilingual", "ResembleAI/chatterbox", "ve.pt", "t3_mtl23ls_v2.safetensors",
+                "s3gen.pt", "grapheme_mtl_merged_expanded_v1.json", 6, 150, 0.0,
+                "ChatterboxMultilingualTTS (23 languages, needs --language)"),
+        Flavour("turbo", "ResembleAI/chatterbox-turbo", "ve.safetensors", "t3_turbo_v1.safetensors",
+                "s3gen_meanflow.safetensors", "tokenizer_config.json", 15, 375, 5.0,
+                "ChatterboxTurboTTS (fast, English, reference > 5 s)"),
+    )
+}
+DEFAULT_FLAVOUR = "english"
+
+
+def flavour_named(name: str) -> Flavour:
+    try:
+        return FLAVOURS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown model {name!r}; choose one of {', '.join(FLAVOURS)}") from None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Keep third-party warnings, log lines, prints and progress bars off the user's terminal.
+
+    Our own progress display writes to the real stderr it captured at start-up, so it still shows.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous_disable)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights from ``.safetensors`` or (``weights_only``) ``.pt``; a bad file is a CheckpointError."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+        raise CheckpointError(f"{path} is corrupt or not a Chatterbox weights file ({exc}).") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict.")
+    return state
+
+
+def _fit(module: torch.nn.Module, state: dict[str, Any], path: Path, strict: bool = True) -> None:
+    """Load ``state`` into ``module``; weights of another model are a clear CheckpointError."""
+    try:
+        result = module.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise CheckpointError(f"{path.name} does not fit {type(module).__name__}: {first}") from exc
+    if not strict and (result.unexpected_keys or len(result.missing_keys) > len(state) // 2):
+        raise CheckpointError(f"{path.name} does not fit {type(module).__name__}: wrong checkpoint.")
+
+
+def t3_config_for_depth(layers: int, flavour: str = DEFAULT_FLAVOUR):
+    """A T3Config of ``flavour`` whose transformer has ``layers`` layers (the official ones have 30 / 24).
+
+    The depth is read from the weights so that the official checkpoint and the small offline test
+    checkpoint load through the same code.
+    """
+    from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
+    from chatterbox.models.t3.modules.t3_config import T3Config
+
+    if flavour == "multilingual":
+        config = T3Config.multilingual()
+    elif flavour == "turbo":
+        config = T3Config(text_tokens_dict_size=50276)
+        config.llama_config_name = "GPT2_medium"
+        config.speech_tokens_dict_size = 6563
+        config.input_pos_emb = None
+        config.speech_cond_prompt_len = 375
+        config.use_perceiver_resampler = False
+        config.emotion_adv = False
+    else:
+        config = T3Config.english_only()
+    base = LLAMA_CONFIGS[config.llama_config_name]
+    depth_key = "n_layer" if base.get("model_type") == "gpt2" else "num_hidden_layers"
+    if base[depth_key] != layers:
+        name = f"{config.llama_config_name}_{layers}layers"
+        LLAMA_CONFIGS.setdefault(name, {**base, depth_key: layers})
+        config.llama_config_name = name
+    return config
+
+
+def _t3_depth(state: dict[str, Any]) -> int:
+    layers = {key.split(".")[2] for key in state if key.startswith(("tfmr.layers.", "tfmr.h."))}
+    if not layers:
+        raise CheckpointError("the T3 weights hold no transformer layers: wrong checkpoint.")
+    return len(layers)
+
+
+def _quick_fingerprint(path: Path) -> str:
+    """Size plus hash of the first 4 MB: tells weight files apart without reading a gigabyte."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(4 << 20))
+    return digest.hexdigest()[:16]
+
+
+class Checkpoint:
+    """Where weights come from: a local directory in the official layout, or the Hugging Face hub."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        if directory is not None and not directory.is_dir():
+            raise CheckpointError(f"checkpoint directory {directory} does not exist.")
+
+    def describe(self) -> str:
+        return str(self.directory) if self.directory else "Hugging Face hub"
+
+    def file(self, flavour: Flavour, name: str) -> Path:
+        """Local path of one weights file, downloaded (and cached by huggingface_hub) when needed."""
+        if self.directory is not None:
+            path = self.directory / name
+            if not path.is_file():
+                raise CheckpointError(f"{name} is missing from checkpoint {self.directory} ({flavour.summary}).")
+            return path
+        from huggingface_hub import hf_hub_download
+
+        try:
+            with quiet():
+                return Path(hf_hub_download(repo_id=flavour.repo_id, filename=name))
+        except Exception as exc:  # noqa: BLE001 - network, auth and cache errors all end here
+            raise CheckpointError(
+                f"cannot get {name} from the Hugging Face hub ({type(exc).__name__}); "
+                "connect to the internet or point VOICEDB_CHECKPOINT / --checkpoint at a local checkpoint."
+            ) from exc
+
+    def tokenizer_dir(self, flavour: Flavour) -> Path:
+        """Turbo's tokenizer is a directory of files (``AutoTokenizer``), not one JSON file."""
+        if self.directory is not None:
+            self.file(flavour, flavour.tokenizer_file)
+            return self.directory
+        from huggingface_hub import snapshot_download
+
+        try:
+            with quiet():
+                return Path(snapshot_download(repo_id=flavour.repo_id, allow_patterns=["*.json", "*.txt"]))
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"cannot get the {flavour.name} tokenizer from the Hugging Face hub.") from exc
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """Sampling settings of one ``speak`` call; defaults are upstream's ``generate`` defaults."""
+
+    exaggeration: float = 0.5
+    cfg_weight: float = 0.5
+    temperature: float = 0.8
+    max_tokens: int = 1000
+    language: str | None = None
+    repetition_penalty: float = 1.2
+    min_p: float = 0.05
+    top_p: float = 1.0
+
+
+class ChatterboxModels:
+    """Chatterbox's models, each loaded on first use and kept: a process pays for what it touches."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "cpu") -> None:
+        self.checkpoint = checkpoint
+        self.device = device
+        self._modules: dict[str, Any] = {}
+
+    def _cached(self, key: str, load) -> Any:
+        if key not in self._modules:
+            with quiet():
+                self._modules[key] = load()
+        return self._modules[key]
+
+    # -- voice encoder ---------------------------------------------------------------------
+    def _ve_path(self) -> Path:
+        return self.checkpoint.file(FLAVOURS[DEFAULT_FLAVOUR], FLAVOURS[DEFAULT_FLAVOUR].ve_file)
+
+    @property
+    def encoder(self):
+        def load():
+            from chatterbox.models.voice_encoder import VoiceEncoder
+
+            path = self._ve_path()
+            encoder = VoiceEncoder()
+            _fit(encoder, _load_state(path), path)
+            return encoder.to(self.device).eval()
+
+        return self._cached("ve", load)
+
+    @property
+    def encoder_checksum(self) -> str:
+        """SHA-256 of the voice-encoder weights: embeddings from different encoders never mix."""
+        if "ve_sha" not in self._modules:
+            from .files import sha256_file
+
+            self._modules["ve_sha"] = sha256_file(self._ve_path())
+        return self._modules["ve_sha"]
+
+    def embed(self, wav_16k: np.ndarray) -> np.ndarray:
+        """Utterance embedding of one clip at 16 kHz: L2-normalised float32 of shape (256,).
+
+        The same call as ``ChatterboxTTS.prepare_conditionals``: ``embeds_from_wavs`` with its
+        defaults (trim at 20 dB, partials at rate 1.3).
+        """
+        encoder = self.encoder
+        with quiet():
+            embedding = encoder.embeds_from_wavs([wav_16k], sample_rate=S3_SR)[0]
+        return embedding.astype(np.float32)
+
+    # -- conditionals -----------------------------------------------------------------------
+    def s3gen(self, flavour: Flavour):
+        def load():
+            from chatterbox.models.s3gen import S3Gen
+
+            path = self.checkpoint.file(flavour, flavour.s3gen_file)
+            model = S3Gen(meanflow=True) if flavour.name == "turbo" else S3Gen()
+            _fit(model, _load_state(path), path, strict=flavour.name != "english")
+            return model.to(self.device).eval()
+
+        return self._cached(f"s3gen:{flavour.s3gen_file}", load)
+
+    def fingerprint(self, flavour: Flavour) -> str:
+        """Identity of the checkpoint that conditionals of ``flavour`` depend on."""
+        key = f"fp:{flavour.name}"
+        if key not in self._modules:
+            s3gen = _quick_fingerprint(self.checkpoint.file(flavour, flavour.s3gen_file))
+            self._modules[key] = f"{flavour.name}:ve={self.encoder_checksum[:16]}:s3gen={s3gen}"
+        return self._modules[key]
+
+    def conditionals(self, flavour: Flavour, wav_24k: np.ndarray, speaker_embedding: np.ndarray,
+                     exaggeration: float = 0.5):
+        """Chatterbox ``Conditionals`` for a voice, computed as upstream ``prepare_conditionals`` does.
+
+        ``wav_24k`` is the reference clip at 24 kHz (float32, mono); ``speaker_embedding`` the voice's
+        mean embedding (256,), which becomes ``t3.speaker_emb`` -- the same vector as in the index.
+        """
+        import librosa
+        import torch
+        from chatterbox.models.t3.modules.cond_enc import T3Cond
+        from chatterbox.tts import Conditionals
+
+        s3gen = self.s3gen(flavour)
+        with quiet(), torch.inference_mode():
+            if flavour.name == "turbo":
+                wav_24k = _normalise_loudness(wav_24k)
+            wav_16k = librosa.resample(wav_24k, orig_sr=S3GEN_SR, target_sr=S3_SR)
+            ref_dict = s3gen.embed_ref(wav_24k[: DEC_COND_SECONDS * S3GEN_SR], S3GEN_SR, device=self.device)
+            tokens, _ = s3gen.tokenizer.forward([wav_16k[: flavour.prompt_seconds * S3_SR]],
+                                                max_len=flavour.prompt_tokens)
+            t3_cond = T3Cond(
+                speaker_emb=torch.from_numpy(np.asarray(speaker_embedding, dtype=np.float32)).reshape(1, -1),
+                cond_prompt_speech_tokens=torch.atleast_2d(tokens),
+                emotion_adv=exaggeration * torch.ones(1, 1, 1),
+            )
+        return Conditionals(t3_cond, ref_dict).to("cpu")
+
+    # -- synthesis ----------------------------------------------------------------------------
+    def t3(self, flavour: Flavour):
+        def load():
+            from chatterbox.models.t3 import T3
+
+            path = self.checkpoint.file(flavour, flavour.t3_file)
+            state = _load_state(path)
+            if "model" in state:  # upstream's loaders accept this wrapped form too
+                state = state["model"][0]
+            model = T3(t3_config_for_depth(_t3_depth(state), flavour.name))
+            _fit(model, state, path)
+            if flavour.name == "turbo":
+                del model.tfmr.wte
+            return model.to(self.device).eval()
+
+        return self._cached(f"t3:{flavour.name}", load)
+
+    def tokenizer(self, flavour: Flavour):
+        def load():
+            if flavour.name == "turbo":
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.tokenizer_dir(flavour))
+                if tokenizer.pad_token is None:
+                    tokenizer.pad_token = tokenizer.eos_token
+                return tokenizer
+            from chatterbox.models.tokenizers import EnTokenizer, MTLTokenizer
+
+            path = self.checkpoint.file(flavour, flavour.tokenizer_file)
+            try:
+                return (MTLTokenizer if flavour.name == "multilingual" else EnTokenizer)(str(path))
+            except Exception as exc:  # noqa: BLE001 - a broken tokenizer file
+                raise CheckpointError(f"{path} is not a Chatterbox tokenizer ({exc}).") from exc
+
+        return self._cached(f"tok:{flavour.name}", load)
+
+    def watermarker(self):
+        def load():
+            import perth
+
+            return perth.PerthImplicitWatermarker()
+
+        return self._cached("watermarker", load)
+
+    def load_for_synthesis(self, flavour: Flavour) -> None:
+        """Load everything ``synthesize`` needs, so that its timing excludes loading."""
+        self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour), self.watermarker()
+
+    def synthesize(self, flavour: Flavour, conds, text: str, settings: SynthesisSettings) -> np.ndarray:
+        """One chunk of text spoken with saved ``conds``: float32 mono audio at 24 kHz.
+
+        Mirrors upstream ``generate`` step for step, with ``max_new_tokens`` under our control.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
+        conds = conds.to(self.device)
+        with quiet(), torch.inference_mode():
+            if flavour.name != "turbo":
+                from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+                conds.t3 = T3Cond(
+                    speaker_emb=conds.t3.speaker_emb,
+                    cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
+                    emotion_adv=settings.exaggeration * torch.ones(1, 1, 1),
+                ).to(device=self.device)
+            if flavour.name == "turbo":
+                speech_tokens = self._turbo_tokens(t3, tokenizer, conds, text, settings)
+            else:
+                speech_tokens = self._t3_tokens(flavour, t3, tokenizer, conds, text, settings, F)
+            wav, _ = s3gen.inference(
+                speech_tokens=speech_tokens.to(self.device),
+                ref_dict=conds.gen,
+                **({"n_cfm_timesteps": 2} if flavour.name == "turbo" else {}),
+            )
+            wav = wav.squeeze(0).detach().cpu().numpy()
+            return np.asarray(self.watermarker().apply_watermark(wav, sample_rate=S3GEN_SR), dtype=np.float32)
+
+    def _t3_tokens(self, flavour, t3, tokenizer, conds, text, settings, F):
+        import torch
+        from chatterbox.models.s3tokenizer import drop_invalid_tokens
+
+        if flavour.name == "multilingual":
+            from chatterbox.mtl_tts import punc_norm
+
+            text_tokens = tokenizer.text_to_tokens(punc_norm(text), language_id=(settings.language or "en").lower())
+        else:
+            from chatterbox.tts import punc_norm
+
+            text_tokens = tokenizer.text_to_tokens(punc_norm(text))
+        text_tokens = text_tokens.to(self.device)
+        if settings.cfg_weight > 0.0:
+            text_tokens = torch.cat([text_tokens, text_tokens], dim=0)
+        text_tokens = F.pad(text_tokens, (1, 0), value=t3.hp.start_text_token)
+        text_tokens = F.pad(text_tokens, (0, 1), value=t3.hp.stop_text_token)
+        speech_tokens = t3.inference(
+            t3_cond=conds.t3,
+            text_tokens=text_tokens,
+            max_new_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            cfg_weight=settings.cfg_weight,
+            repetition_penalty=settings.repetition_penalty,
+            min_p=settings.min_p,
+            top_p=settings.top_p,
+        )[0]
+        speech_tokens = drop_invalid_tokens(speech_tokens)
+        return speech_tokens[speech_tokens < SPEECH_VOCAB]
+
+    def _turbo_tokens(self, t3, tokenizer, conds, text, settings):
+        import torch
+        from chatterbox.models.s3gen.const import S3GEN_SIL
+        from chatterbox.tts_turbo import punc_norm
+
+        text_tokens = tokenizer(punc_norm(text), return_tensors="pt", padding=True, truncation=True)
+        speech_tokens = t3.inference_turbo(
+            t3_cond=conds.t3,
+            text_tokens=text_tokens.input_ids.to(self.device),
+            temperature=settings.temperature,
+            top_p=0.95,
+            repetition_penalty=settings.repetition_penalty,
+            max_gen_len=settings.max_tokens,
+        )
+        speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB]
+        silence = torch.tensor([S3GEN_SIL] * 3, dtype=torch.long, device=speech_tokens.device)
+        return torch.cat([speech_tokens, silence])
+
+
+def _normalise_loudness(wav: np.ndarray, target_lufs: float = -27.0) -> np.ndarray:
+    """Turbo's reference loudness normalisation (upstream ``ChatterboxTurboTTS.norm_loudness``)."""
+    import pyloudnorm
+
+    try:
+        gain = 10.0 ** ((target_lufs - pyloudnorm.Meter(S3GEN_SR).integrated_loudness(wav)) / 20.0)
+    except ValueError:  # too short for a loudness measurement: upstream skips it too
+        return wav
+    return (wav * gain).astype(np.float32) if np.isfinite(gain) and gain > 0 else wav
+
+
+def conditionals_class():
+    """Upstream's ``Conditionals``, whose ``save``/``load`` define the ``.pt`` format we store."""
+    from chatterbox.tts import Conditionals
+
+    return Conditionals

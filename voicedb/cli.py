@@ -1,0 +1,291 @@
+"""The ``voicedb`` command: parse arguments, call ``VoiceDB``, format the result (text or ``--json``)."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from . import config
+from .errors import VoiceDBError
+
+
+class VoiceDBGroup(click.Group):
+    """Turns every ``VoiceDBError`` into one line on stderr and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VoiceDBError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+
+
+def library(ctx: click.Context):
+    """The library of this invocation, opened once (``--home`` / ``--checkpoint`` apply)."""
+    from .library import VoiceDB
+
+    if "db" not in ctx.obj:
+        ctx.obj["db"] = ctx.with_resource(VoiceDB(ctx.obj["home"], checkpoint=ctx.obj["checkpoint"]))
+    return ctx.obj["db"]
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Any]:
+    """A rich progress bar on stderr for multi-step work; yields the ``progress(done, total, label)`` hook."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(file=sys.stderr), transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def hook(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=label[:40])
+
+        yield hook
+
+
+MODEL_CHOICE = click.Choice(["english", "multilingual", "turbo"])
+
+
+@click.group(cls=VoiceDBGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Library directory (default: ${config.HOME_ENV}, else the platform's user data dir).")
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Local Chatterbox checkpoint directory (default: ${config.CHECKPOINT_ENV}, else the Hugging Face hub).")
+@click.version_option(package_name="voicedb")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, checkpoint: Path | None) -> None:
+    """A voice library for Chatterbox TTS.
+
+    Enroll a voice once from reference clips, find which stored voice a new recording sounds like,
+    and speak text in a stored voice from its saved Chatterbox conditionals.
+
+    \b
+    voicedb add alice1.wav alice2.wav --name alice
+    voicedb match unknown.wav
+    voicedb speak --voice alice "Hello there." -o hello.wav
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(home=home, checkpoint=checkpoint)
+
+
+@cli.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the library directory (every other command does this on first use too)."""
+    db = library(ctx)
+    click.echo(f"library ready at {db.home}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--name", "-n", help="Name of the new voice (default: the directory's or first file's name).")
+@click.option("--tag", "-t", "tags", multiple=True, help="A tag to attach; repeat for several.")
+@click.option("--voice", "voice_ref", metavar="ID|NAME", help="Add the clips to this existing voice instead.")
+@click.option("--model", type=MODEL_CHOICE, default="english", show_default=True,
+              help="Chatterbox model whose conditionals are computed now (others are derived when first used).")
+@click.option("--no-conditionals", is_flag=True, help="Only embed; derive conditionals at the first `speak`.")
+@click.option("--strict", is_flag=True, help="Refuse clips with quality warnings instead of warning.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def add(ctx: click.Context, paths: tuple[Path, ...], name: str | None, tags: tuple[str, ...], voice_ref: str | None,
+        model: str, no_conditionals: bool, strict: bool, as_json: bool) -> None:
+    """Enroll a voice from one or more clips of one speaker.
+
+    PATHS are audio files (WAV, FLAC, OGG, MP3) or directories of them. All clips become one voice:
+    its embedding is the mean of the clips' speaker embeddings. Identical recordings already in the
+    library are refused.
+    """
+    if voice_ref and name:
+        raise click.UsageError("--name names a new voice; with --voice use `voicedb rename` instead.")
+    db = library(ctx)
+    with progress_bar() as hook:
+        result = db.add(list(paths), name=name, tags=tags, voice=voice_ref, model=model,
+                        conditionals=not no_conditionals, strict=strict, progress=hook)
+    for message in result.warnings:
+        warn(message)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    verb = "added voice" if result.created else "updated voice"
+    v = result.voice
+    click.echo(f"{verb} {v.id} {v.name} ({v.clips} clip{'s' * (v.clips != 1)}, {v.seconds:.1f} s)")
+
+
+@cli.command()
+@click.argument("clip", type=click.Path(path_type=Path))
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="How many voices to list.")
+@click.option("--threshold", type=float, default=config.DEFAULT_THRESHOLD, show_default=True,
+              help="Cosine score a voice must reach to count as the same speaker.")
+@click.option("--all", "no_threshold", is_flag=True, help="List the nearest voices whatever their score.")
+@click.option("--speak", "speak_text", metavar="TEXT", help="Also speak TEXT with the best match.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="WAV file for --speak.")
+@click.option("--max-tokens", type=click.IntRange(1, 1000), default=1000, help="Speech-token cap for --speak.")
+@click.option("--seed", type=int, help="Random seed for --speak.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, name, score}.")
+@click.pass_context
+def match(ctx: click.Context, clip: Path, k: int, threshold: float, no_threshold: bool, speak_text: str | None,
+          output: Path | None, max_tokens: int, seed: int | None, as_json: bool) -> None:
+    """Find the stored voices nearest to the speaker in CLIP.
+
+    Prints cosine scores, best first. Exits with status 1 and "unknown speaker" when no voice
+    reaches the threshold.
+    """
+    db = library(ctx)
+    matches = db.match(clip, k=k, threshold=None if no_threshold else threshold)
+    if as_json:
+        emit_json([m.to_dict() for m in matches])
+    else:
+        for m in matches:
+            click.echo(f"{m.score:6.3f}  {m.id}  {m.name}")
+    if speak_text and matches:
+        from .chatterbox import SynthesisSettings
+
+        with progress_bar() as hook:
+            result = db.speak(matches[0].id, speak_text, output, settings=SynthesisSettings(max_tokens=max_tokens),
+                              seed=seed, progress=hook)
+        click.echo(f"wrote {result.output} ({result.seconds:.1f} s, voice {result.voice.name})", err=as_json)
+
+
+@cli.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, name, ...}.")
+@click.pass_context
+def list_voices(ctx: click.Context, as_json: bool) -> None:
+    """List the stored voices."""
+    voices = library(ctx).list()
+    if as_json:
+        emit_json([v.to_dict() for v in voices])
+        return
+    if not voices:
+        click.echo("no voices yet: add one with `voicedb add CLIP --name NAME`", err=True)
+        return
+    width = max(4, *(len(v.name) for v in voices))
+    click.echo(f"{'ID':<8}  {'NAME':<{width}}  CLIPS  SECONDS  MODELS  TAGS")
+    for v in voices:
+        click.echo(f"{v.id:<8}  {v.name:<{width}}  {v.clips:>5}  {v.seconds:>7.1f}  "
+                   f"{','.join(v.models) or '-':<6}  {','.join(v.tags)}")
+
+
+@cli.command()
+@click.argument("voice")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def show(ctx: click.Context, voice: str, as_json: bool) -> None:
+    """Show everything stored about VOICE (an id, a name, or the start of an id)."""
+    details = library(ctx).details(voice)
+    if as_json:
+        emit_json(details)
+        return
+    for key in ("id", "name", "tags", "clips", "seconds", "models", "created_at", "updated_at"):
+        value = details[key]
+        click.echo(f"{key + ':':<12}{', '.join(value) if isinstance(value, list) else value}")
+    for clip in details["clip_files"]:
+        click.echo(f"  clip  {clip['file']}  ({clip['source']}, {clip['seconds']} s, {clip['sample_rate']} Hz)")
+    for conds in details["conditionals"]:
+        click.echo(f"  conds {conds['file']}  ({conds['model']})")
+
+
+@cli.command()
+@click.argument("voice")
+@click.argument("new_name")
+@click.pass_context
+def rename(ctx: click.Context, voice: str, new_name: str) -> None:
+    """Rename VOICE to NEW_NAME (its id stays the same)."""
+    v = library(ctx).rename(voice, new_name)
+    click.echo(f"renamed voice {v.id} to {v.name}")
+
+
+@cli.command(name="rm")
+@click.argument("voices", nargs=-1, required=True)
+@click.pass_context
+def remove(ctx: click.Context, voices: tuple[str, ...]) -> None:
+    """Remove voices: their rows, index entries, kept clips and conditionals."""
+    db = library(ctx)
+    for ref in voices:
+        v = db.remove(ref)
+        click.echo(f"removed voice {v.id} {v.name}")
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--voice", "-v", "voice_ref", required=True, metavar="ID|NAME", help="The stored voice to speak with.")
+@click.option("--file", "-f", "text_file", type=click.File("r", encoding="utf-8"), help="Read the text from a file ('-' for stdin).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="WAV file to write (default: VOICE-TIME.wav in the current directory).")
+@click.option("--model", type=MODEL_CHOICE, default="english", show_default=True, help="Chatterbox model to speak with.")
+@click.option("--language", help="Language id for the multilingual model (en, fr, de, ja, ...).")
+@click.option("--exaggeration", type=float, default=0.5, show_default=True, help="Emotion intensity (0 calm .. 1+ dramatic).")
+@click.option("--cfg-weight", type=float, default=0.5, show_default=True, help="Classifier-free guidance weight (pace).")
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature.")
+@click.option("--seed", type=int, help="Random seed: the same seed gives the same audio.")
+@click.option("--max-tokens", type=click.IntRange(1, 1000), default=1000, show_default=True,
+              help="Cap on speech tokens per chunk (25 tokens = 1 s).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def speak(ctx: click.Context, text: str | None, voice_ref: str, text_file, output: Path | None, model: str,
+          language: str | None, exaggeration: float, cfg_weight: float, temperature: float, seed: int | None,
+          max_tokens: int, as_json: bool) -> None:
+    """Speak TEXT in a stored voice, from its saved conditionals.
+
+    TEXT comes from the argument, --file, or stdin. Long text is split at sentence boundaries and
+    the pieces joined with short pauses. Writes a 24 kHz WAV and prints its path.
+    """
+    from .chatterbox import SynthesisSettings
+
+    if text is None:
+        if text_file is None and sys.stdin.isatty():
+            raise click.UsageError("give TEXT, --file, or pipe text on stdin.")
+        text = (text_file or click.get_text_stream("stdin")).read()
+    settings = SynthesisSettings(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=temperature,
+                                 max_tokens=max_tokens, language=language)
+    with progress_bar() as hook:
+        result = library(ctx).speak(voice_ref, text, output, model=model, settings=settings, seed=seed, progress=hook)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(f"wrote {result.output} ({result.seconds:.1f} s, {result.chunks} chunk"
+                   f"{'s' * (result.chunks != 1)}, voice {result.voice.name})")
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Fix what can be fixed from SQLite and the kept audio.")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@click.pass_context
+def check(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Verify the library: index, files and embeddings against SQLite.
+
+    Exits 1 when problems remain (after --repair: problems it could not fix).
+    """
+    problems = library(ctx).check(repair=repair)
+    if as_json:
+        emit_json([p.to_dict() for p in problems])
+    else:
+        for p in problems:
+            click.echo(f"{'repaired' if p.repaired else 'problem'}: {p.message}")
+        if not problems:
+            click.echo("library is consistent")
+    if any(not p.repaired for p in problems):
+        ctx.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="voicedb")

@@ -1,0 +1,58 @@
+"""Every error a user can cause, each with the one-line message they will see.
+
+The CLI turns any ``VoiceDBError`` into that line on stderr and the class's ``exit_code``; anything
+else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class VoiceDBError(Exception):
+    """Base class: a problem the user can fix, described in one plain sentence."""
+
+    exit_code = 2
+
+
+class NoMatch(VoiceDBError):
+    """Matching found no stored voice above the threshold: an unknown speaker."""
+
+    exit_code = 1
+
+
+class AudioError(VoiceDBError):
+    """A clip is missing, unreadable, not audio, silent or too short."""
+
+
+class DuplicateClip(VoiceDBError):
+    """The exact same recording (by content hash) is already enrolled."""
+
+
+class VoiceNotFound(VoiceDBError):
+    """No voice has the given id or name."""
+
+
+class AmbiguousVoice(VoiceDBError):
+    """An id prefix fits more than one voice."""
+
+
+class NameTaken(VoiceDBError):
+    """Voice names are unique; this one is already used."""
+
+
+class InvalidName(VoiceDBError):
+    """A voice name that could not be typed back on a command line."""
+
+
+class CheckpointError(VoiceDBError):
+    """Model weights are missing, corrupt or of the wrong kind."""
+
+
+class LibraryError(VoiceDBError):
+    """The library directory cannot be used: not writable, corrupt, or from a newer voicedb."""
+
+
+class QualityError(VoiceDBError):
+    """A clip fails the enrollment quality gate and ``--strict`` was asked for."""
+
+
+class ImportRejected(VoiceDBError):
+    """An imported conditionals file or bundle is malformed or unsafe; nothing was changed."""

@@ -1,0 +1,627 @@
+"""``VoiceDB``: the library API behind every CLI command.
+
+Write protocol (what makes a crash harmless): slow model work happens first, outside any lock;
+then, holding ``.lock``, files are written under temporary names, fsynced and renamed into place,
+and only then is the SQLite transaction that refers to them committed. A crash before the commit
+leaves unreferenced files (reported and removed by ``check --repair``), never a row pointing at a
+missing file. The FAISS index is updated last and is rebuilt from SQLite whenever it is stale.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from . import config
+from .audio import LoadedClip, best_reference, expand_audio_paths, load_clip
+from .errors import (
+    AmbiguousVoice,
+    InvalidName,
+    LibraryError,
+    NameTaken,
+    NoMatch,
+    QualityError,
+    VoiceNotFound,
+)
+from .files import publish, sha256_file, temp_path_for
+from .index import IndexFiles, new_index, search
+from .records import AddResult, Match, Problem, SpeakResult, Voice
+from .store import ClipRow, ConditionalsRow, MetaRow, Store, VoiceRow, utcnow
+
+DB_FILE = "voicedb.sqlite"
+LOCK_FILE = ".lock"
+CLIPS_DIR = "clips"
+CONDS_DIR = "conds"
+ID_PATTERN = re.compile(r"^[0-9a-f]{8}$")
+LOCK_TIMEOUT_S = 120
+
+#: ``progress(done, total, label)`` is called as multi-step work advances.
+ProgressHook = Callable[[int, int, str], None]
+
+
+def normalised(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError("cannot normalise a zero or non-finite vector")
+    return (vector / norm).astype(np.float32)
+
+
+def mean_embedding(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The speaker embedding of several clips: their mean, L2-normalised (float32, (256,))."""
+    return normalised(np.mean(np.stack(vectors), axis=0))
+
+
+def check_name(name: str) -> str:
+    """Names must be typeable on a command line and never mistaken for an id."""
+    name = name.strip()
+    if not name:
+        raise InvalidName("a voice name cannot be empty.")
+    if len(name) > 100:
+        raise InvalidName("a voice name can be at most 100 characters.")
+    if any(not ch.isprintable() for ch in name):
+        raise InvalidName(f"voice name {name!r} contains control characters.")
+    if ID_PATTERN.match(name):
+        raise InvalidName(f"voice name {name!r} looks like a voice id; choose another.")
+    return name
+
+
+class VoiceDB:
+    """A voice library in one directory: ``voicedb.sqlite`` (truth), ``index.faiss`` (derived),
+    ``clips/`` (kept reference audio) and ``conds/`` (saved Chatterbox conditionals).
+
+    >>> db = VoiceDB("~/voices")                        # doctest: +SKIP
+    >>> db.add(["alice.wav"], name="alice").voice.id    # doctest: +SKIP
+    >>> db.match("unknown.wav", k=3)                    # doctest: +SKIP
+    """
+
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, checkpoint: str | os.PathLike[str] | None = None,
+                 device: str | None = None) -> None:
+        self.home = config.library_home(home)
+        self._checkpoint_dir = config.checkpoint_dir(checkpoint)
+        self._device = device
+        self._models = None
+        self._index: Any = None
+        self._index_generation = -1
+        self._open()
+
+    # -- opening ------------------------------------------------------------------------------
+    def _open(self) -> None:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LibraryError(f"cannot create library directory {self.home}: {exc.strerror}.") from exc
+        if not self.home.is_dir():
+            raise LibraryError(f"{self.home} is not a directory.")
+        from filelock import FileLock
+
+        self.store = Store(self.home / DB_FILE)
+        self.index_files = IndexFiles(self.home)
+        # One reentrant lock object per library: nested writes in one process must not deadlock.
+        self._lock = FileLock(str(self.home / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
+        if self.store.needs_upgrade():
+            with self._writing():
+                if self.store.needs_upgrade():
+                    self.store.upgrade()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Serialise writers across processes with a lock file beside the database."""
+        from filelock import Timeout
+
+        if not os.access(self.home, os.W_OK):
+            raise LibraryError(f"library directory {self.home} is not writable.")
+        try:
+            with self._lock:
+                yield
+        except Timeout:
+            raise LibraryError(f"another voicedb process has held {self.home} for {LOCK_TIMEOUT_S} s; try again.") from None
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> VoiceDB:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def models(self):
+        """Chatterbox models, loaded lazily: listing voices never imports torch."""
+        if self._models is None:
+            from .chatterbox import ChatterboxModels, Checkpoint
+
+            self._models = ChatterboxModels(Checkpoint(self._checkpoint_dir), self._device or config.torch_device())
+        return self._models
+
+    # -- reading ------------------------------------------------------------------------------
+    def _row(self, session: Session, ref: str) -> VoiceRow:
+        """A voice by exact id, exact name, or unique id prefix (at least 4 characters)."""
+        ref = ref.strip()
+        options = (selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))
+        for column in (VoiceRow.id, VoiceRow.name):
+            row = session.scalars(select(VoiceRow).where(column == ref).options(*options)).first()
+            if row is not None:
+                return row
+        if len(ref) >= 4 and re.fullmatch(r"[0-9a-f]+", ref):
+            rows = session.scalars(select(VoiceRow).where(VoiceRow.id.startswith(ref)).options(*options).limit(2)).all()
+            if len(rows) == 1:
+                return rows[0]
+            if len(rows) > 1:
+                raise AmbiguousVoice(f"{ref!r} is the start of several voice ids; type more of it.")
+        raise VoiceNotFound(f"no voice with id or name {ref!r} (see `voicedb list`).")
+
+    @staticmethod
+    def _voice(row: VoiceRow) -> Voice:
+        return Voice(
+            id=row.id, name=row.name, tags=list(row.tags or []), clips=len(row.clips),
+            seconds=round(sum(clip.duration_s for clip in row.clips), 2),
+            models=sorted(c.flavour for c in row.conditionals),
+            created_at=row.created_at, updated_at=row.updated_at,
+        )
+
+    def list(self) -> list[Voice]:
+        """Every voice, oldest first."""
+        with self.store.session() as session:
+            rows = session.scalars(select(VoiceRow).order_by(VoiceRow.pk)
+                                   .options(selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))).all()
+            return [self._voice(row) for row in rows]
+
+    def get(self, ref: str) -> Voice:
+        """One voice by id, name or unique id prefix."""
+        with self.store.session() as session:
+            return self._voice(self._row(session, ref))
+
+    def details(self, ref: str) -> dict[str, Any]:
+        """Everything stored about a voice: what ``voicedb show`` prints."""
+        with self.store.session() as session:
+            row = self._row(session, ref)
+            return {
+                **self._voice(row).to_dict(),
+                "clip_files": [{"file": c.file, "source": c.source_name, "seconds": round(c.duration_s, 2),
+                                "speech_seconds": round(c.speech_s, 2), "sample_rate": c.sample_rate,
+                                "sha256": c.sha256} for c in row.clips],
+                "conditionals": [{"model": c.flavour, "file": c.file, "sha256": c.sha256,
+                                  "checkpoint": c.checkpoint} for c in row.conditionals],
+                "encoder": row.encoder,
+            }
+
+    # -- index --------------------------------------------------------------------------------
+    def _current_index(self) -> Any:
+        """The FAISS index at the library's current generation: reused, reloaded or rebuilt."""
+        with self.store.session() as session:
+            generation = self.store.generation(session)
+            if self._index is not None and self._index_generation == generation:
+                return self._index
+            index = self.index_files.load(generation)
+            if index is None:
+                index = new_index(*self.store.all_vectors(session))
+                self._save_index_if_possible(index, generation)
+        self._index, self._index_generation = index, generation
+        return index
+
+    def _save_index_if_possible(self, index: Any, generation: int) -> None:
+        """Persist a rebuilt index when the directory is writable; readers must not fail on a read-only library."""
+        from filelock import Timeout
+
+        if not os.access(self.home, os.W_OK):
+            return
+        try:
+            with self._lock.acquire(timeout=0):
+                with self.store.session() as session:
+                    if self.store.generation(session) == generation:
+                        self.index_files.save(index, generation)
+        except Timeout:
+            pass  # a writer is busy and will save its own index
+
+    def _update_index(self, generation: int, add: Iterable[tuple[int, np.ndarray]] = (), remove: Iterable[int] = ()) -> None:
+        """Apply one committed change to the saved index (caller holds the write lock)."""
+        index = self.index_files.load(generation - 1)
+        if index is None:  # stale or missing: rebuild from the truth
+            with self.store.session() as session:
+                index = new_index(*self.store.all_vectors(session))
+        else:
+            remove = np.fromiter(remove, dtype=np.int64)
+            if len(remove):
+                index.remove_ids(remove)
+            for pk, vector in add:
+                index.remove_ids(np.array([pk], dtype=np.int64))
+                index.add_with_ids(vector.reshape(1, -1), np.array([pk], dtype=np.int64))
+        self.index_files.save(index, generation)
+        self._index, self._index_generation = index, generation
+
+    # -- matching -----------------------------------------------------------------------------
+    def embed_file(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The speaker embedding of one clip (float32, (256,), L2-normalised)."""
+        clip = load_clip(Path(path))
+        return self.models.embed(clip.wav_16k)
+
+    def match(self, path: str | os.PathLike[str], k: int = 5, threshold: float | None = config.DEFAULT_THRESHOLD) -> list[Match]:
+        """The ``k`` stored voices nearest to the speaker in ``path``, best first.
+
+        With a ``threshold``, voices scoring below it are left out, and ``NoMatch`` is raised when none
+        is left: the clip is an unknown speaker.
+        """
+        vector = self.embed_file(path)
+        self._check_encoder()
+        return self.match_vector(vector, k=k, threshold=threshold)
+
+    def match_vector(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Match]:
+        """Like ``match`` for an embedding already computed."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        hits = search(self._current_index(), normalised(vector), k)
+        with self.store.session() as session:
+            rows = {row.pk: row for row in session.scalars(select(VoiceRow).where(VoiceRow.pk.in_([pk for pk, _ in hits])))}
+        matches = [Match(rows[pk].id, rows[pk].name, score) for pk, score in hits if pk in rows]
+        if threshold is not None:
+            kept = [m for m in matches if m.score >= threshold]
+            if not kept:
+                best = f" (best: {matches[0].name} at {matches[0].score:.3f})" if matches else " (the library is empty)"
+                raise NoMatch(f"no voice scores above {threshold:.2f}: unknown speaker{best}.")
+            matches = kept
+        return matches
+
+    def _check_encoder(self) -> None:
+        """Refuse to compare embeddings from two different voice encoders."""
+        with self.store.session() as session:
+            stored = session.get(MetaRow, "encoder")
+        if stored is not None and stored.value != self.models.encoder_checksum:
+            raise LibraryError(
+                "the library's embeddings come from another voice-encoder checkpoint; "
+                "run `voicedb check --repair` to re-embed them with this one."
+            )
+
+    # -- adding -------------------------------------------------------------------------------
+    def add(self, paths: Sequence[str | os.PathLike[str]], *, name: str | None = None, tags: Sequence[str] = (),
+            voice: str | None = None, model: str = "english", conditionals: bool = True, strict: bool = False,
+            progress: ProgressHook | None = None) -> AddResult:
+        """Enroll clips as a new voice, or (``voice=``) add them to an existing one.
+
+        The embedding is the mean of the per-clip voice-encoder embeddings, L2-normalised, as
+        ``ChatterboxTTS.prepare_conditionals`` computes it. With ``conditionals`` the voice's
+        Chatterbox conditionals for ``model`` are computed from the best clip and saved.
+        ``strict`` turns quality warnings into a ``QualityError``.
+        """
+        from .chatterbox import flavour_named
+
+        flavour = flavour_named(model)
+        files = expand_audio_paths(Path(p) for p in paths)
+        if voice is None:
+            name = check_name(name or default_name(paths, files))
+            self._check_name_free(name)
+        known = self._known_hashes()
+        clips: list[LoadedClip] = []
+        for done, file in enumerate(files):
+            if progress:
+                progress(done, len(files), file.name)
+            clip = load_clip(file, flavour.min_seconds)
+            if clip.sha256 in known:
+                from .errors import DuplicateClip
+
+                raise DuplicateClip(f"{file}: this exact recording is already enrolled in voice {known[clip.sha256]}.")
+            if any(c.sha256 == clip.sha256 for c in clips):
+                continue  # the same file given twice
+            clips.append(clip)
+        embeddings = [self.models.embed(clip.wav_16k) for clip in clips]
+        if progress:
+            progress(len(files), len(files), "saving")
+        encoder = self.models.encoder_checksum
+        warnings = [w for clip in clips for w in clip.warnings]
+        if voice is None:
+            result = self._create_voice(name, list(tags), clips, embeddings, encoder, flavour, conditionals,
+                                        warnings, strict)
+        else:
+            result = self._extend_voice(voice, list(tags), clips, embeddings, encoder, warnings, strict)
+        return result
+
+    def _known_hashes(self) -> dict[str, str]:
+        with self.store.session() as session:
+            return dict(session.execute(select(ClipRow.sha256, VoiceRow.id).join(VoiceRow)).all())
+
+    def _check_name_free(self, name: str, session: Session | None = None) -> None:
+        def taken(s: Session) -> bool:
+            return s.scalar(select(func.count()).select_from(VoiceRow).where(VoiceRow.name == name)) > 0
+
+        if session is not None and taken(session) or session is None and self._with_session(taken):
+            raise NameTaken(f"a voice named {name!r} already exists; choose another name or use --voice to add clips to it.")
+
+    def _with_session(self, fn: Callable[[Session], Any]) -> Any:
+        with self.store.session() as session:
+            return fn(session)
+
+    def _similarity_warnings(self, clips: Sequence[LoadedClip], embeddings: Sequence[np.ndarray],
+                             mean: np.ndarray, exclude_pk: int | None = None) -> list[str]:
+        """Clips that sound like another speaker, and stored voices the new one nearly duplicates."""
+        found = []
+        if len(embeddings) > 1:
+            for clip, embedding in zip(clips, embeddings):
+                others = mean_embedding([e for e in embeddings if e is not embedding])
+                score = float(embedding @ others)
+                if score < config.DEFAULT_THRESHOLD:
+                    found.append(f"{clip.path.name}: scores only {score:.2f} against the other clips (another speaker?)")
+        for hit in self.match_vector(mean, k=3):
+            with self.store.session() as session:
+                pk = session.scalar(select(VoiceRow.pk).where(VoiceRow.id == hit.id))
+            if pk != exclude_pk and hit.score >= config.DEFAULT_THRESHOLD:
+                found.append(f"nearly duplicates voice {hit.id} ({hit.name}) with score {hit.score:.2f}")
+        return found
+
+    def _create_voice(self, name: str, tags: list[str], clips: list[LoadedClip], embeddings: list[np.ndarray],
+                      encoder: str, flavour, with_conditionals: bool, warnings: list[str], strict: bool) -> AddResult:
+        mean = mean_embedding(embeddings)
+        self._check_encoder_consistent(encoder)
+        warnings = warnings + self._similarity_warnings(clips, embeddings, mean)
+        if strict and warnings:
+            raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
+        conds = None
+        if with_conditionals:
+            reference = best_reference(clips)
+            conds = (reference, self.models.conditionals(flavour, reference.wav_24k, mean),
+                     self.models.fingerprint(flavour))
+        with self._writing():
+            with self.store.session() as session:
+                self._check_name_free(name, session)
+                voice_id = self._new_id(session)
+                written = self._write_clip_files(clips)
+                row = VoiceRow(id=voice_id, name=name, tags=tags, embedding=mean.tobytes(), encoder=encoder,
+                               created_at=utcnow(), updated_at=utcnow())
+                row.clips = [self._clip_row(clip, embedding, written[clip.sha256])
+                             for clip, embedding in zip(clips, embeddings)]
+                if conds is not None:
+                    reference, value, fingerprint = conds
+                    row.conditionals = [self._write_conditionals(voice_id, flavour.name, value, fingerprint,
+                                                                 reference.sha256)]
+                session.add(row)
+                session.merge(MetaRow(key="encoder", value=encoder))
+                generation = self.store.bump_generation(session)
+                session.flush()
+                pk = row.pk
+            self._update_index(generation, add=[(pk, mean)])
+            return AddResult(self.get(voice_id), True, [c.path.name for c in clips], warnings)
+
+    def _extend_voice(self, ref: str, tags: list[str], clips: list[LoadedClip], embeddings: list[np.ndarray],
+                      encoder: str, warnings: list[str], strict: bool) -> AddResult:
+        with self.store.session() as session:
+            row = self._row(session, ref)
+            pk, voice_id = row.pk, row.id
+            old = [clip.vector for clip in row.clips]
+            flavours = [c.flavour for c in row.conditionals]
+        mean = mean_embedding(old + embeddings)
+        self._check_encoder_consistent(encoder)
+        warnings = warnings + self._similarity_warnings(clips, old + embeddings, mean, exclude_pk=pk)
+        if strict and warnings:
+            raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
+        with self._writing():
+            written = self._write_clip_files(clips)
+            with self.store.session() as session:
+                row = self._row(session, voice_id)
+                row.clips.extend(self._clip_row(clip, embedding, written[clip.sha256])
+                                 for clip, embedding in zip(clips, embeddings))
+                row.embedding = mean.tobytes()
+                row.tags = sorted(set(row.tags or []) | set(tags))
+                row.updated_at = utcnow()
+                generation = self.store.bump_generation(session)
+            self._update_index(generation, add=[(pk, mean)])
+            for flavour in flavours:  # the mean moved and the best clip may have changed
+                self._derive_conditionals(voice_id, flavour)
+        return AddResult(self.get(voice_id), False, [c.path.name for c in clips], warnings)
+
+    def _check_encoder_consistent(self, encoder: str) -> None:
+        with self.store.session() as session:
+            stored = session.get(MetaRow, "encoder")
+        if stored is not None and stored.value != encoder:
+            raise LibraryError("this checkpoint's voice encoder differs from the one the library was built with; "
+                               "run `voicedb check --repair` to re-embed the library first.")
+
+    @staticmethod
+    def _new_id(session: Session) -> str:
+        while True:
+            candidate = secrets.token_hex(4)
+            if not ID_PATTERN.match(candidate) or session.scalar(select(VoiceRow.pk).where(VoiceRow.id == candidate)):
+                continue
+            return candidate
+
+    def _write_clip_files(self, clips: Sequence[LoadedClip]) -> dict[str, str]:
+        """Copy clips into ``clips/`` under their content hash; returns sha256 -> relative path."""
+        written = {}
+        for clip in clips:
+            relative = f"{CLIPS_DIR}/{clip.sha256}{clip.path.suffix.lower()}"
+            target = self.home / relative
+            if not target.exists():
+                temp = temp_path_for(target)
+                try:
+                    with open(clip.path, "rb") as source, open(temp, "wb") as handle:
+                        while chunk := source.read(1 << 20):
+                            handle.write(chunk)
+                    publish(temp, target)
+                finally:
+                    temp.unlink(missing_ok=True)
+            written[clip.sha256] = relative
+        return written
+
+    @staticmethod
+    def _clip_row(clip: LoadedClip, embedding: np.ndarray, relative: str) -> ClipRow:
+        return ClipRow(sha256=clip.sha256, file=relative, source_name=clip.path.name, duration_s=clip.duration_s,
+                       speech_s=clip.speech_s, sample_rate=clip.sample_rate, embedding=embedding.tobytes(),
+                       added_at=utcnow())
+
+    def _write_conditionals(self, voice_id: str, flavour: str, conds: Any, fingerprint: str,
+                            clip_sha256: str | None) -> ConditionalsRow:
+        """Save conditionals with upstream ``Conditionals.save``, atomically; returns the row to commit."""
+        relative = f"{CONDS_DIR}/{voice_id}.{flavour}.pt"
+        target = self.home / relative
+        temp = temp_path_for(target)
+        try:
+            conds.save(temp)
+            publish(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+        return ConditionalsRow(flavour=flavour, file=relative, sha256=sha256_file(target), checkpoint=fingerprint,
+                               clip_sha256=clip_sha256, created_at=utcnow())
+
+    # -- conditionals -------------------------------------------------------------------------
+    def _derive_conditionals(self, ref: str, model: str) -> None:
+        """(Re)compute a voice's conditionals for ``model`` from its kept reference audio and store them."""
+        from .chatterbox import flavour_named
+        from .errors import AudioError
+
+        flavour = flavour_named(model)
+        with self.store.session() as session:
+            row = self._row(session, ref)
+            voice_id, mean = row.id, row.vector.copy()
+            kept = [(self.home / c.file, c) for c in row.clips]
+        available = [path for path, _ in kept if path.exists()]
+        if not available:
+            raise LibraryError(f"voice {voice_id} has no kept reference audio to derive {model} conditionals from.")
+        loaded = []
+        for path in available:
+            try:
+                loaded.append(load_clip(path, flavour.min_seconds))
+            except AudioError:
+                continue
+        if not loaded:
+            raise LibraryError(f"the kept reference audio of voice {voice_id} is unreadable; re-add the voice's clips.")
+        reference = best_reference(loaded)
+        value = self.models.conditionals(flavour, reference.wav_24k, mean)
+        fingerprint = self.models.fingerprint(flavour)
+        with self._writing():
+            with self.store.session() as session:
+                row = self._row(session, voice_id)
+                new = self._write_conditionals(voice_id, flavour.name, value, fingerprint, reference.sha256)
+                existing = next((c for c in row.conditionals if c.flavour == flavour.name), None)
+                if existing is None:
+                    row.conditionals.append(new)
+                else:
+                    existing.file, existing.sha256, existing.checkpoint = new.file, new.sha256, new.checkpoint
+                    existing.clip_sha256, existing.created_at = new.clip_sha256, new.created_at
+
+    def load_conditionals(self, ref: str, model: str = "english"):
+        """A voice's saved Chatterbox ``Conditionals`` for ``model``, derived first if missing or outdated."""
+        from .chatterbox import conditionals_class, flavour_named
+
+        flavour = flavour_named(model)
+        with self.store.session() as session:
+            row = self._row(session, ref)
+            voice_id = row.id
+            saved = next((c for c in row.conditionals if c.flavour == flavour.name), None)
+            saved = (self.home / saved.file, saved.sha256, saved.checkpoint, saved.clip_sha256) if saved else None
+        outdated = saved is not None and saved[3] is not None and saved[2] != self.models.fingerprint(flavour)
+        if saved is None or outdated:
+            self._derive_conditionals(voice_id, flavour.name)
+            return self.load_conditionals(voice_id, model)
+        path, checksum = saved[0], saved[1]
+        if not path.exists() or sha256_file(path) != checksum:
+            raise LibraryError(f"the {model} conditionals of voice {voice_id} are missing or corrupt; "
+                               "run `voicedb check --repair`.")
+        return conditionals_class().load(path, map_location="cpu")
+
+    # -- changing -----------------------------------------------------------------------------
+    def rename(self, ref: str, new_name: str) -> Voice:
+        """Give a voice a new unique name; its id never changes."""
+        new_name = check_name(new_name)
+        with self._writing(), self.store.session() as session:
+            row = self._row(session, ref)
+            if row.name != new_name:
+                self._check_name_free(new_name, session)
+                row.name, row.updated_at = new_name, utcnow()
+            voice_id = row.id
+        return self.get(voice_id)
+
+    def remove(self, ref: str) -> Voice:
+        """Delete a voice: its row, index entry, kept clips and conditionals files."""
+        with self._writing():
+            with self.store.session() as session:
+                row = self._row(session, ref)
+                removed, pk = self._voice(row), row.pk
+                files = [self.home / c.file for c in row.clips] + [self.home / c.file for c in row.conditionals]
+                session.delete(row)
+                generation = self.store.bump_generation(session)
+            for path in files:  # after the commit: a crash here leaves orphans, never dangling rows
+                path.unlink(missing_ok=True)
+            self._update_index(generation, remove=[pk])
+        return removed
+
+    # -- speaking -----------------------------------------------------------------------------
+    def speak(self, ref: str, text: str, output: str | os.PathLike[str] | None = None, *, model: str = "english",
+              settings: Any = None, seed: int | None = None, progress: ProgressHook | None = None) -> SpeakResult:
+        """Synthesise ``text`` with a voice's saved conditionals and write a 24 kHz WAV.
+
+        Long text is split at sentence boundaries into chunks Chatterbox handles, each spoken with the
+        same conditionals and joined with short pauses.
+        """
+        from .chatterbox import S3GEN_SR, SynthesisSettings, flavour_named
+        from .speech import join_with_pauses, split_text, write_wav
+
+        flavour = flavour_named(model)
+        settings = settings or SynthesisSettings()
+        if flavour.name == "multilingual" and not settings.language:
+            from .errors import VoiceDBError
+
+            raise VoiceDBError("the multilingual model needs --language (e.g. fr, de, ja).")
+        chunks = split_text(text)
+        voice = self.get(ref)
+        conds = self.load_conditionals(voice.id, flavour.name)
+        if seed is not None:
+            seed_everything(seed)
+        pieces = []
+        for done, chunk in enumerate(chunks):
+            if progress:
+                progress(done, len(chunks), chunk[:40])
+            pieces.append(self.models.synthesize(flavour, conds, chunk, settings))
+        if progress:
+            progress(len(chunks), len(chunks), "writing")
+        audio = join_with_pauses(pieces, S3GEN_SR)
+        target = Path(output) if output else default_output_name(voice.name)
+        write_wav(target, audio, S3GEN_SR)
+        return SpeakResult(voice, target, len(audio) / S3GEN_SR, S3GEN_SR, len(chunks))
+
+    # -- checking -----------------------------------------------------------------------------
+    def check(self, repair: bool = False) -> list[Problem]:
+        """Every inconsistency between SQLite, the index and the files; ``repair`` fixes what it can.
+
+        Nothing here ever deletes a voice: voices whose data cannot be recovered are reported.
+        """
+        from .checker import Checker
+
+        with self._writing():
+            return Checker(self).run(repair)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same audio: torch's generators (CPU and CUDA), NumPy's and Python's."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_name(paths: Sequence[str | os.PathLike[str]], files: Sequence[Path]) -> str:
+    """A directory's name when one directory was given, else the first file's stem."""
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        return Path(paths[0]).resolve().name
+    return files[0].stem
+
+
+def default_output_name(voice_name: str) -> Path:
+    """``<voice>-<UTC time>.wav`` in the working directory, never overwriting a file."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", voice_name).strip("-.") or "voice"
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    candidate, n = Path(f"{slug}-{stamp}.wav"), 1
+    while candidate.exists():
+        n += 1
+        candidate = Path(f"{slug}-{stamp}-{n}.wav")
+    return candidate

@@ -1,0 +1,73 @@
+"""Text in, WAV out: splitting long text into chunks Chatterbox can speak, and joining the audio."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VoiceDBError
+from .files import publish, temp_path_for
+
+#: Chatterbox stops at 1000 speech tokens (~40 s); ~300 characters of English stay well inside that.
+MAX_CHUNK_CHARS = 300
+PAUSE_SECONDS = 0.25
+_SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+")
+_CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+
+
+def split_text(text: str, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
+    """Sentences packed into chunks of at most ``max_chars``; an overlong sentence splits at clauses, then words."""
+    text = " ".join(text.split())
+    if not text:
+        raise VoiceDBError("there is no text to speak.")
+    pieces: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        if len(sentence) <= max_chars:
+            pieces.append(sentence)
+            continue
+        for clause in _CLAUSE_END.split(sentence):
+            pieces.extend(_split_words(clause, max_chars) if len(clause) > max_chars else [clause])
+    chunks: list[str] = []
+    for piece in pieces:
+        if chunks and len(chunks[-1]) + 1 + len(piece) <= max_chars:
+            chunks[-1] += " " + piece
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+def _split_words(text: str, max_chars: int) -> list[str]:
+    chunks: list[str] = []
+    for word in text.split(" "):
+        if chunks and len(chunks[-1]) + 1 + len(word) <= max_chars:
+            chunks[-1] += " " + word
+        else:
+            chunks.append(word[:max_chars])
+    return chunks
+
+
+def join_with_pauses(pieces: Sequence[np.ndarray], sample_rate: int, pause_s: float = PAUSE_SECONDS) -> np.ndarray:
+    """Concatenate chunk audio with ``pause_s`` of silence between chunks (float32, mono)."""
+    silence = np.zeros(int(pause_s * sample_rate), dtype=np.float32)
+    joined: list[np.ndarray] = []
+    for n, piece in enumerate(pieces):
+        if n:
+            joined.append(silence)
+        joined.append(np.asarray(piece, dtype=np.float32).reshape(-1))
+    return np.concatenate(joined) if joined else silence[:0]
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM WAV, written atomically so a crash never leaves half a file under ``path``."""
+    import soundfile
+
+    temp = temp_path_for(path.resolve())
+    try:
+        soundfile.write(str(temp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        publish(temp, path)
+    except OSError as exc:
+        raise VoiceDBError(f"cannot write {path}: {exc.strerror or exc}.") from exc
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,225 @@
+"""SQLite through SQLAlchemy 2: the source of truth for voices, clips, conditionals and embeddings.
+
+The schema is created and upgraded only by the Alembic migrations shipped as ``voicedb.migrations``
+(top-level ``migrations/`` in the source tree). Alembic is imported only when the database is not
+already at the head revision, so opening an up-to-date library stays fast.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from .errors import LibraryError
+
+#: The Alembic revision this code expects; a test checks it is the head of ``migrations/versions``.
+SCHEMA_HEAD = "0001_initial"
+EMBEDDING_DIM = 256
+BUSY_TIMEOUT_MS = 30_000
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VoiceRow(Base):
+    """One speaker. ``pk`` doubles as the FAISS id; ``id`` is the short public id users type."""
+
+    __tablename__ = "voices"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(16), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Mean of the clips' embeddings, L2-normalised: float32 bytes of shape (256,).
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    #: SHA-256 of the voice-encoder weights that produced ``embedding``.
+    encoder: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    clips: Mapped[list[ClipRow]] = relationship(
+        back_populates="voice", cascade="all, delete-orphan", order_by="ClipRow.pk"
+    )
+    conditionals: Mapped[list[ConditionalsRow]] = relationship(
+        back_populates="voice", cascade="all, delete-orphan", order_by="ConditionalsRow.pk"
+    )
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+class ClipRow(Base):
+    """A reference recording, copied into the library under its content hash."""
+
+    __tablename__ = "clips"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    voice_pk: Mapped[int] = mapped_column(ForeignKey("voices.pk", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Path of the kept copy, relative to the library directory.
+    file: Mapped[str] = mapped_column(String(500))
+    source_name: Mapped[str] = mapped_column(String(500))
+    duration_s: Mapped[float] = mapped_column(Float)
+    speech_s: Mapped[float] = mapped_column(Float)
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    #: This clip's own embedding (float32, 256), so the voice mean can be recomputed without audio.
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    voice: Mapped[VoiceRow] = relationship(back_populates="clips")
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+class ConditionalsRow(Base):
+    """Saved Chatterbox conditionals of one voice for one model flavour."""
+
+    __tablename__ = "conditionals"
+    __table_args__ = (UniqueConstraint("voice_pk", "flavour"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    voice_pk: Mapped[int] = mapped_column(ForeignKey("voices.pk", ondelete="CASCADE"), index=True)
+    flavour: Mapped[str] = mapped_column(String(32))
+    file: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: Fingerprint of the checkpoint the conditionals were computed with.
+    checkpoint: Mapped[str] = mapped_column(String(200))
+    #: The clip the speech prompt and S3Gen reference came from (``None`` when imported).
+    clip_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    voice: Mapped[VoiceRow] = relationship(back_populates="conditionals")
+
+
+class MetaRow(Base):
+    """Small key/value facts about the library, such as the index generation counter."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
+
+
+def _configure_sqlite(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def migrations_dir() -> Path:
+    from . import migrations
+
+    return Path(migrations.__file__).parent
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Run every pending Alembic migration on ``engine``'s database."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {script.revision for script in ScriptDirectory(str(migrations_dir())).walk_revisions()}
+
+
+class Store:
+    """An open ``voicedb.sqlite``: sessions, the schema check, and the generation counter."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        event.listen(self.engine, "connect", _configure_sqlite)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def needs_upgrade(self) -> bool:
+        """True when migrations must run; refuses a database written by a newer voicedb."""
+        try:
+            revision = current_revision(self.engine)
+        except (DatabaseError, OperationalError) as exc:
+            raise LibraryError(f"{self.path} is not a readable voicedb database ({exc.orig}).") from exc
+        if revision == SCHEMA_HEAD:
+            return False
+        if revision is not None and revision not in known_revisions():
+            raise LibraryError(
+                f"{self.path} was created by a newer voicedb (schema {revision}); upgrade voicedb to open it."
+            )
+        return True
+
+    def upgrade(self) -> None:
+        try:
+            upgrade_to_head(self.engine)
+        except (DatabaseError, OperationalError) as exc:
+            raise LibraryError(f"cannot upgrade {self.path}: {exc.orig}") from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose work is committed on success and rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def generation(self, session: Session) -> int:
+        row = session.get(MetaRow, "generation")
+        return int(row.value) if row else 0
+
+    def bump_generation(self, session: Session) -> int:
+        """Mark the voice vectors as changed, inside the caller's transaction."""
+        new = self.generation(session) + 1
+        session.merge(MetaRow(key="generation", value=str(new)))
+        return new
+
+    def all_vectors(self, session: Session) -> tuple[np.ndarray, np.ndarray]:
+        """(pks int64 (n,), vectors float32 (n, 256)) of every voice: what the FAISS index is built from."""
+        rows = session.execute(select(VoiceRow.pk, VoiceRow.embedding).order_by(VoiceRow.pk)).all()
+        pks = np.fromiter((pk for pk, _ in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(-1, EMBEDDING_DIM)
+        return pks, vectors
+
+    def close(self) -> None:
+        self.engine.dispose()
