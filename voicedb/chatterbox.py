@@ -447,6 +447,17 @@ class ChatterboxModels:
         return torch.cat([speech_tokens, silence])
 
 
+_SHARED: dict[tuple[Path | None, str], ChatterboxModels] = {}
+
+
+def shared_models(directory: Path | None, device: str) -> ChatterboxModels:
+    """One ``ChatterboxModels`` per (checkpoint, device) in this process: weights load once."""
+    key = (directory.resolve() if directory else None, device)
+    if key not in _SHARED:
+        _SHARED[key] = ChatterboxModels(Checkpoint(directory), device)
+    return _SHARED[key]
+
+
 def _normalise_loudness(wav: np.ndarray, target_lufs: float = -27.0) -> np.ndarray:
     """Turbo's reference loudness normalisation (upstream ``ChatterboxTurboTTS.norm_loudness``)."""
     import pyloudnorm
@@ -463,3 +474,50 @@ def conditionals_class():
     from chatterbox.tts import Conditionals
 
     return Conditionals
+
+
+#: Keys upstream ``Conditionals.save`` writes for S3Gen, and the T3 fields it must carry.
+GEN_KEYS = frozenset({"prompt_token", "prompt_token_len", "prompt_feat", "prompt_feat_len", "embedding"})
+
+
+def read_conditionals(data: bytes, source: str):
+    """Parse an untrusted conditionals file: ``weights_only`` loading, then shape and dtype checks.
+
+    Returns upstream ``Conditionals``; anything unexpected is an ``ImportRejected`` naming ``source``.
+    """
+    import io as _io
+
+    import torch
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+    from .errors import ImportRejected
+
+    try:
+        raw = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle payloads and garbage both end here
+        raise ImportRejected(f"{source}: not a safe Chatterbox conditionals file ({type(exc).__name__}).") from exc
+    if not isinstance(raw, dict) or set(raw) != {"t3", "gen"} or not all(isinstance(raw[k], dict) for k in raw):
+        raise ImportRejected(f"{source}: not a Chatterbox conditionals file (expected t3 and gen dicts).")
+    t3, gen = raw["t3"], raw["gen"]
+    unknown = set(t3) - set(T3Cond.__dataclass_fields__)
+    if unknown or set(gen) - GEN_KEYS:
+        raise ImportRejected(f"{source}: unexpected fields {sorted(unknown | (set(gen) - GEN_KEYS))}.")
+
+    def tensor(value: Any, name: str, ndim: int, floating: bool) -> None:
+        if not torch.is_tensor(value) or value.dim() != ndim or value.is_floating_point() != floating:
+            raise ImportRejected(f"{source}: {name} has the wrong type or shape.")
+        if floating and not torch.isfinite(value).all():
+            raise ImportRejected(f"{source}: {name} holds NaN or infinite values.")
+
+    speaker = t3.get("speaker_emb")
+    tensor(speaker, "t3.speaker_emb", 2, True)
+    if tuple(speaker.shape) != (1, 256) or float(speaker.norm()) == 0.0:
+        raise ImportRejected(f"{source}: t3.speaker_emb must be a non-zero (1, 256) vector.")
+    if t3.get("cond_prompt_speech_tokens") is not None:
+        tensor(t3["cond_prompt_speech_tokens"], "t3.cond_prompt_speech_tokens", 2, False)
+    tensor(gen.get("prompt_token"), "gen.prompt_token", 2, False)
+    tensor(gen.get("prompt_feat"), "gen.prompt_feat", 3, True)
+    tensor(gen.get("embedding"), "gen.embedding", 2, True)
+    if gen["prompt_feat"].shape[-1] != 80 or gen["embedding"].shape[-1] != 192:
+        raise ImportRejected(f"{source}: the S3Gen reference has the wrong feature sizes.")
+    return conditionals_class()(T3Cond(**t3), gen)

@@ -267,6 +267,59 @@ def speak(ctx: click.Context, text: str | None, voice_ref: str, text_file, outpu
 
 
 @cli.command()
+@click.argument("voice", required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="File to write (default: NAME.pt, or NAME.voicedb with --bundle).")
+@click.option("--bundle", is_flag=True, help="Write a .voicedb archive: conditionals, embedding, metadata, clips.")
+@click.option("--all", "all_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Back up every voice as bundles into this directory.")
+@click.option("--model", type=MODEL_CHOICE, default="english", show_default=True, help="Whose conditionals to export.")
+@click.pass_context
+def export(ctx: click.Context, voice: str | None, output: Path | None, bundle: bool, all_dir: Path | None,
+           model: str) -> None:
+    """Write VOICE's conditionals for use outside voicedb.
+
+    \b
+    The .pt loads in upstream Chatterbox:
+        model.conds = Conditionals.load("alice.pt")
+    --bundle writes everything stored about the voice; --all DIR backs up the whole library.
+    """
+    db = library(ctx)
+    if all_dir is not None:
+        written = db.export_all(all_dir)
+        click.echo(f"exported {len(written)} voice{'s' * (len(written) != 1)} to {all_dir}")
+        return
+    if voice is None:
+        raise click.UsageError("give a VOICE, or --all DIR.")
+    target = output or Path(f"{db.get(voice).name}.{'voicedb' if bundle else 'pt'}")
+    path = db.export(voice, target, model=model, bundle=bundle)
+    click.echo(f"wrote {path}")
+
+
+@cli.command(name="import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--name", "-n", help="Name of the new voice (default: the bundle's name or the file's stem).")
+@click.option("--all", "restore_all", is_flag=True, help="SOURCE is a directory written by `export --all`.")
+@click.option("--model", type=MODEL_CHOICE, default="english", show_default=True,
+              help="The model a .pt file's conditionals belong to.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def import_(ctx: click.Context, source: Path, name: str | None, restore_all: bool, model: str, as_json: bool) -> None:
+    """Add a voice from a conditionals .pt or a .voicedb bundle.
+
+    The file is treated as untrusted: loaded with weights_only, checked for shapes and checksums.
+    If anything is wrong the library is left unchanged.
+    """
+    db = library(ctx)
+    voices = db.import_all(source) if restore_all else [db.import_file(source, name=name, model=model)]
+    if as_json:
+        emit_json([v.to_dict() for v in voices])
+        return
+    for v in voices:
+        click.echo(f"imported voice {v.id} {v.name}")
+
+
+@cli.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed from SQLite and the kept audio.")
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 @click.pass_context

@@ -9,6 +9,7 @@ missing file. The FAISS index is updated last and is rebuilt from SQLite wheneve
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 import secrets
@@ -89,7 +90,7 @@ class VoiceDB:
         self.home = config.library_home(home)
         self._checkpoint_dir = config.checkpoint_dir(checkpoint)
         self._device = device
-        self._models = None
+        self._models: Any = None
         self._index: Any = None
         self._index_generation = -1
         self._open()
@@ -112,6 +113,10 @@ class VoiceDB:
             with self._writing():
                 if self.store.needs_upgrade():
                     self.store.upgrade()
+                if not self.index_files.index_path.exists():
+                    with self.store.session() as session:
+                        pks, vectors = self.store.all_vectors(session)
+                        self.index_files.save(new_index(pks, vectors), self.store.generation(session))
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -137,11 +142,12 @@ class VoiceDB:
 
     @property
     def models(self):
-        """Chatterbox models, loaded lazily: listing voices never imports torch."""
+        """Chatterbox models, loaded lazily (listing voices never imports torch) and shared by every
+        ``VoiceDB`` of this process that uses the same checkpoint and device."""
         if self._models is None:
-            from .chatterbox import ChatterboxModels, Checkpoint
+            from .chatterbox import shared_models
 
-            self._models = ChatterboxModels(Checkpoint(self._checkpoint_dir), self._device or config.torch_device())
+            self._models = shared_models(self._checkpoint_dir, self._device or config.torch_device())
         return self._models
 
     # -- reading ------------------------------------------------------------------------------
@@ -585,6 +591,175 @@ class VoiceDB:
         target = Path(output) if output else default_output_name(voice.name)
         write_wav(target, audio, S3GEN_SR)
         return SpeakResult(voice, target, len(audio) / S3GEN_SR, S3GEN_SR, len(chunks))
+
+    # -- exchange -----------------------------------------------------------------------------
+    def export(self, ref: str, output: str | os.PathLike[str], *, model: str = "english", bundle: bool = False) -> Path:
+        """Write a voice out: its conditionals ``.pt`` (loadable by upstream ``Conditionals.load`` and
+        usable as ``model.conds``), or with ``bundle`` a ``.voicedb`` archive of everything stored."""
+        output = Path(output)
+        if not bundle:
+            conds = self.load_conditionals(ref, model)
+            temp = temp_path_for(output.resolve())
+            try:
+                conds.save(temp)
+                publish(temp, output)
+            finally:
+                temp.unlink(missing_ok=True)
+            return output
+        from .bundle import npy_bytes, write_bundle
+
+        with self.store.session() as session:
+            row = self._row(session, ref)
+            members = {"embedding.npy": npy_bytes(row.vector)}
+            clips = []
+            for clip in row.clips:
+                name = f"clips/{clip.sha256}{Path(clip.file).suffix}"
+                members[name] = self._read_kept(clip.file)
+                clips.append({"file": name, "source_name": clip.source_name, "duration_s": clip.duration_s,
+                              "speech_s": clip.speech_s, "sample_rate": clip.sample_rate,
+                              "embedding": clip.vector.tolist()})
+            for conds in row.conditionals:
+                members[f"conds/{conds.flavour}.pt"] = self._read_kept(conds.file, conds.sha256)
+            voice = {"id": row.id, "name": row.name, "tags": list(row.tags or []), "encoder": row.encoder,
+                     "clips": clips}
+        write_bundle(output, voice, members)
+        return output
+
+    def _read_kept(self, relative: str, sha256: str | None = None) -> bytes:
+        path = self.home / relative
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise LibraryError(f"{relative} is missing from the library; run `voicedb check`.") from None
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise LibraryError(f"{relative} is corrupt; run `voicedb check --repair`.")
+        return data
+
+    def import_file(self, path: str | os.PathLike[str], *, name: str | None = None, model: str = "english") -> Voice:
+        """Add a voice from a conditionals ``.pt`` or a ``.voicedb`` bundle (untrusted input).
+
+        A ``.pt``'s ``t3.speaker_emb`` becomes the index vector. Everything is validated before the
+        library is touched; on any problem it is left unchanged.
+        """
+        import zipfile
+
+        from .chatterbox import flavour_named, read_conditionals
+        from .errors import AudioError
+
+        path = Path(path)
+        if not path.is_file():
+            raise AudioError(f"{path}: no such file.")
+        if zipfile.is_zipfile(path):
+            return self._import_bundle(path, name)
+        flavour = flavour_named(model)
+        conds = read_conditionals(path.read_bytes(), str(path))
+        name = check_name(name or path.stem)
+        self._check_name_free(name)
+        mean = normalised(conds.t3.speaker_emb.reshape(-1).numpy())
+        return self._insert_imported(name, [], mean, {flavour.name: conds}, [], None)
+
+    def _import_bundle(self, path: Path, name: str | None) -> Voice:
+        from .bundle import read_bundle
+        from .chatterbox import FLAVOURS, read_conditionals
+        from .errors import DuplicateClip, ImportRejected
+
+        bundle = read_bundle(path)
+        voice = bundle.manifest["voice"]
+        name = check_name(name or voice["name"])
+        self._check_name_free(name)
+        conds = {}
+        for member, data in bundle.members.items():
+            if member.startswith("conds/"):
+                flavour = member[len("conds/"):-len(".pt")]
+                if flavour not in FLAVOURS:
+                    raise ImportRejected(f"{path}: unknown model {flavour!r}.")
+                conds[flavour] = read_conditionals(data, f"{path}:{member}")
+        clips = voice.get("clips", [])
+        known = self._known_hashes()
+        try:
+            for clip in clips:
+                if clip["file"] not in bundle.members:
+                    raise ImportRejected(f"{path}: clip {clip['file']} is listed but missing.")
+                sha = Path(clip["file"]).stem
+                if sha in known:
+                    raise DuplicateClip(f"{path}: clip {sha[:12]} is already enrolled in voice {known[sha]}.")
+                vector = np.asarray(clip["embedding"], dtype=np.float32)
+                if vector.shape != (256,) or not np.isfinite(vector).all():
+                    raise ImportRejected(f"{path}: clip {clip['file']} has a bad embedding.")
+                float(clip["duration_s"]), float(clip["speech_s"]), int(clip["sample_rate"]), str(clip["source_name"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ImportRejected(f"{path}: malformed clip metadata ({exc}).") from exc
+        tags = [str(tag) for tag in voice.get("tags", []) if isinstance(tag, str)]
+        return self._insert_imported(name, tags, normalised(bundle.embedding), conds, clips, bundle.members)
+
+    def _insert_imported(self, name: str, tags: list[str], mean: np.ndarray, conds: dict[str, Any],
+                         clips: list[dict[str, Any]], members: dict[str, bytes] | None) -> Voice:
+        from .files import atomic_write_bytes
+
+        with self.store.session() as session:
+            stored = session.get(MetaRow, "encoder")
+        encoder = stored.value if stored else self.models.encoder_checksum
+        with self._writing():
+            with self.store.session() as session:
+                self._check_name_free(name, session)
+                voice_id = self._new_id(session)
+                row = VoiceRow(id=voice_id, name=name, tags=tags, embedding=mean.tobytes(), encoder=encoder,
+                               created_at=utcnow(), updated_at=utcnow())
+                for clip in clips:
+                    relative = f"{CLIPS_DIR}/{Path(clip['file']).name}"
+                    atomic_write_bytes(self.home / relative, members[clip["file"]])
+                    row.clips.append(ClipRow(
+                        sha256=Path(clip["file"]).stem, file=relative, source_name=str(clip["source_name"]),
+                        duration_s=float(clip["duration_s"]), speech_s=float(clip["speech_s"]),
+                        sample_rate=int(clip["sample_rate"]),
+                        embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(), added_at=utcnow()))
+                row.conditionals = [self._write_conditionals(voice_id, flavour, value, "imported", None)
+                                    for flavour, value in conds.items()]
+                session.add(row)
+                session.merge(MetaRow(key="encoder", value=encoder))
+                generation = self.store.bump_generation(session)
+                session.flush()
+                pk = row.pk
+            self._update_index(generation, add=[(pk, mean)])
+        return self.get(voice_id)
+
+    def export_all(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Back up every voice as a bundle in ``directory``, plus a ``backup.json`` of their checksums."""
+        import json
+
+        from .files import atomic_write_bytes
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = [self.export(voice.id, directory / f"{voice.id}.voicedb", bundle=True) for voice in self.list()]
+        index = {"format": "voicedb-backup", "version": 1,
+                 "bundles": {path.name: sha256_file(path) for path in written}}
+        atomic_write_bytes(directory / "backup.json", json.dumps(index, indent=2).encode())
+        return written
+
+    def import_all(self, directory: str | os.PathLike[str]) -> list[Voice]:
+        """Restore a backup made by ``export_all``; every checksum and name is verified before any import."""
+        import json
+
+        from .errors import ImportRejected
+
+        directory = Path(directory)
+        try:
+            index = json.loads((directory / "backup.json").read_text())
+            bundles = index["bundles"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ImportRejected(f"{directory}: no readable backup.json ({exc}).") from exc
+        from .bundle import read_bundle
+
+        names = []
+        for file_name, checksum in bundles.items():
+            path = directory / Path(file_name).name
+            if not path.is_file() or sha256_file(path) != checksum:
+                raise ImportRejected(f"{path}: missing or does not match backup.json.")
+            names.append(read_bundle(path).manifest["voice"]["name"])
+        for name in names:
+            self._check_name_free(check_name(name))
+        return [self.import_file(directory / Path(file_name).name) for file_name in bundles]
 
     # -- checking -----------------------------------------------------------------------------
     def check(self, repair: bool = False) -> list[Problem]:

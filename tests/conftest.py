@@ -1,0 +1,82 @@
+"""Shared fixtures: the offline test checkpoint (built once), a fresh library per test, real speech."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from voicedb.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEECH_DIR = Path(__file__).resolve().parent / "data" / "speech"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(request: pytest.FixtureRequest) -> Path:
+    """The offline Chatterbox test checkpoint, built by ``scripts/make_test_checkpoint.py`` once and cached
+    in pytest's cache directory (a fresh CI clone builds it once per run)."""
+    directory = Path(request.config.cache.mkdir("voicedb-test-checkpoint"))
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_checkpoint.py"), str(directory)],
+                   check=True, capture_output=True)
+    return directory
+
+
+@pytest.fixture
+def home(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty library for each test, with the test checkpoint configured through the environment."""
+    library = tmp_path / "library"
+    monkeypatch.setenv("VOICEDB_HOME", str(library))
+    monkeypatch.setenv("VOICEDB_CHECKPOINT", str(checkpoint))
+    monkeypatch.setenv("VOICEDB_DEVICE", "cpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return library
+
+
+def speech_by_speaker() -> dict[str, list[Path]]:
+    """Real recordings under ``tests/data/speech``, named ``<speaker>_<n>.<ext>``."""
+    found: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(SPEECH_DIR.iterdir()):
+        if path.suffix in {".wav", ".flac", ".ogg"}:
+            found[path.stem.rsplit("_", 1)[0]].append(path)
+    return dict(found)
+
+
+@pytest.fixture(scope="session")
+def speakers() -> dict[str, list[Path]]:
+    found = speech_by_speaker()
+    assert len(found) >= 3, "tests need real speech of at least three speakers in tests/data/speech"
+    return found
+
+
+@pytest.fixture(scope="session")
+def multi_clip_speakers(speakers: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Speakers with at least two clips: enough to enroll with one clip and query with another."""
+    found = {name: clips for name, clips in speakers.items() if len(clips) >= 2}
+    assert len(found) >= 3
+    return found
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    """Invoke the CLI in-process, as a user would type ``voicedb ARGS``."""
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def run_fails(*args: str, code: int = 2) -> str:
+    """Invoke the CLI expecting a clean failure: exit ``code``, one ``Error:`` line, no traceback."""
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def voicedb_process(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m voicedb ARGS`` in a fresh process (for import-cost and crash tests)."""
+    return subprocess.run([sys.executable, "-m", "voicedb", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kwargs)

@@ -1,0 +1,43 @@
+"""``voicedb check`` finds every inconsistency and ``--repair`` fixes it from SQLite and the kept audio."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run
+
+
+def add(clip: Path, name: str, *extra: str) -> str:
+    result = run("add", str(clip), "--name", name, "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["id"]
+
+
+def test_a_healthy_library_checks_clean(home: Path, speakers):
+    add(next(iter(speakers.values()))[0], "alice", "--no-conditionals")
+    result = run("check")
+    assert result.exit_code == 0 and "library is consistent" in result.stdout
+
+
+def test_missing_index_and_orphan_files_are_reported_then_repaired(home: Path, speakers):
+    add(next(iter(speakers.values()))[0], "alice", "--no-conditionals")
+    (home / "index.faiss").unlink()
+    (home / "clips" / "deadbeef.wav").write_bytes(b"left by a crash")
+    (home / "clips" / ".x.wav.abc.voicedb-tmp").write_bytes(b"half written")
+    report = run("check", "--json")
+    assert report.exit_code == 1
+    kinds = sorted(p["kind"] for p in json.loads(report.stdout))
+    assert kinds == ["index", "orphan-file", "temp-file"]
+    repaired = run("check", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert run("check").exit_code == 0
+    assert not (home / "clips" / "deadbeef.wav").exists()
+    assert [v["name"] for v in json.loads(run("list", "--json").stdout)] == ["alice"]
+
+
+def test_a_missing_kept_clip_is_reported_and_the_voice_is_never_deleted(home: Path, speakers):
+    add(next(iter(speakers.values()))[0], "alice", "--no-conditionals")
+    next((home / "clips").iterdir()).unlink()
+    result = run("check", "--repair")
+    assert result.exit_code == 1 and "is missing" in result.stdout
+    assert [v["name"] for v in json.loads(run("list", "--json").stdout)] == ["alice"]

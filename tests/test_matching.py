@@ -1,0 +1,83 @@
+"""Matching on real speech: the same speaker scores above the threshold, other speakers below."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run, run_fails
+from voicedb.config import DEFAULT_THRESHOLD
+
+
+@pytest.fixture
+def enrolled(home: Path, multi_clip_speakers) -> dict[str, str]:
+    """Each multi-clip speaker enrolled from its first clip; returns speaker -> voice id."""
+    ids = {}
+    for speaker, clips in multi_clip_speakers.items():
+        result = run("add", str(clips[0]), "--name", speaker, "--no-conditionals", "--json")
+        assert result.exit_code == 0, result.output
+        ids[speaker] = json.loads(result.stdout)["id"]
+    return ids
+
+
+def test_another_clip_of_each_speaker_matches_that_speaker_above_the_threshold(enrolled, multi_clip_speakers):
+    for speaker, clips in multi_clip_speakers.items():
+        for query in clips[1:]:
+            result = run("match", str(query), "--json")
+            assert result.exit_code == 0, (speaker, query, result.output)
+            hits = json.loads(result.stdout)
+            assert hits[0]["id"] == enrolled[speaker], (query.name, hits)
+            assert hits[0]["score"] >= DEFAULT_THRESHOLD
+
+
+def test_other_speakers_rank_below_and_under_the_threshold(enrolled, multi_clip_speakers):
+    for speaker, clips in multi_clip_speakers.items():
+        hits = json.loads(run("match", str(clips[1]), "--all", "-k", "10", "--json").stdout)
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+        others = [h for h in hits if h["id"] != enrolled[speaker]]
+        assert others and all(h["score"] < DEFAULT_THRESHOLD for h in others), (speaker, hits)
+
+
+def test_unknown_speaker_gives_no_match_and_exit_code_1(home: Path, speakers, multi_clip_speakers):
+    known = next(iter(multi_clip_speakers))
+    stranger = next(s for s in speakers if s != known)
+    assert run("add", str(multi_clip_speakers[known][0]), "--name", known, "--no-conditionals").exit_code == 0
+    line = run_fails("match", str(speakers[stranger][-1]), code=1)
+    assert "unknown speaker" in line
+
+
+def test_match_json_shape_and_k(enrolled, multi_clip_speakers):
+    query = next(iter(multi_clip_speakers.values()))[1]
+    hits = json.loads(run("match", str(query), "--all", "-k", "2", "--json").stdout)
+    assert len(hits) == 2
+    assert all(set(h) >= {"id", "name", "score"} for h in hits)
+    listed = json.loads(run("list", "--json").stdout)
+    assert all(set(v) >= {"id", "name"} and "score" not in v for v in listed)
+
+
+def test_text_output_lists_scores_best_first(enrolled, multi_clip_speakers):
+    speaker, clips = next(iter(multi_clip_speakers.items()))
+    result = run("match", str(clips[1]))
+    first = result.stdout.splitlines()[0].split()
+    assert float(first[0]) >= DEFAULT_THRESHOLD and first[1] == enrolled[speaker] and first[2] == speaker
+
+
+def test_index_is_rebuilt_from_sqlite_when_deleted_or_corrupt(enrolled, multi_clip_speakers, home: Path):
+    speaker, clips = next(iter(multi_clip_speakers.items()))
+    expected = json.loads(run("match", str(clips[1]), "--json").stdout)
+    (home / "index.faiss").unlink()
+    assert json.loads(run("match", str(clips[1]), "--json").stdout) == expected
+    assert (home / "index.faiss").exists()
+    (home / "index.faiss").write_bytes(b"garbage")
+    assert json.loads(run("match", str(clips[1]), "--json").stdout) == expected
+
+
+def test_a_stale_index_is_detected_by_its_generation(enrolled, multi_clip_speakers, home: Path):
+    speaker, clips = next(iter(multi_clip_speakers.items()))
+    stale = (home / "index.faiss").read_bytes(), (home / "index.json").read_bytes()
+    run("rm", speaker)
+    (home / "index.faiss").write_bytes(stale[0])
+    (home / "index.json").write_bytes(stale[1])
+    hits = json.loads(run("match", str(clips[1]), "--all", "-k", "10", "--json").stdout)
+    assert enrolled[speaker] not in [h["id"] for h in hits]

@@ -1,0 +1,109 @@
+"""Speaking from saved conditionals, end to end through the CLI with the offline test checkpoint.
+
+The random T3 never emits its stop token, so every call caps speech tokens with ``--max-tokens``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import run, run_fails
+
+TOKENS = "12"  # 12 speech tokens ~ 0.5 s of audio: quick on a CPU
+
+
+@pytest.fixture
+def two_voices(home: Path, multi_clip_speakers, tmp_path: Path) -> dict[str, Path]:
+    """Two voices enrolled from copies of real clips, with conditionals; returns name -> copied clip."""
+    voices = {}
+    for name, clips in list(multi_clip_speakers.items())[:2]:
+        copy = tmp_path / f"{name}{clips[0].suffix}"
+        copy.write_bytes(clips[0].read_bytes())
+        result = run("add", str(copy), "--name", name)
+        assert result.exit_code == 0, result.output
+        voices[name] = copy
+    return voices
+
+
+def speak(voice: str, out: Path, *extra: str) -> np.ndarray:
+    result = run("speak", "--voice", voice, "Hello there.", "-o", str(out), "--max-tokens", TOKENS, *extra)
+    assert result.exit_code == 0, result.output
+    audio, rate = soundfile.read(str(out), dtype="float32")
+    assert rate == 24_000
+    return audio
+
+
+def test_add_saves_upstream_loadable_conditionals(two_voices, home: Path):
+    from chatterbox.tts import Conditionals
+
+    name = next(iter(two_voices))
+    shown = json.loads(run("show", name, "--json").stdout)
+    assert shown["models"] == ["english"]
+    conds = Conditionals.load(home / shown["conditionals"][0]["file"])
+    assert tuple(conds.t3.speaker_emb.shape) == (1, 256)
+    assert conds.t3.cond_prompt_speech_tokens.shape[0] == 1
+    assert set(conds.gen) >= {"prompt_token", "prompt_feat", "embedding"}
+
+
+def test_speak_writes_a_24khz_wav_of_plausible_length_from_stored_conditionals(two_voices, tmp_path: Path):
+    name, original = next(iter(two_voices.items()))
+    original.unlink()  # the stored conditionals, not the original clip, must be what reaches the model
+    audio = speak(name, tmp_path / "out.wav", "--seed", "1")
+    assert 0.2 < len(audio) / 24_000 < 2.0
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+def test_same_seed_same_audio_and_different_voices_differ(two_voices, tmp_path: Path):
+    first, second = list(two_voices)
+    a1 = speak(first, tmp_path / "a1.wav", "--seed", "7")
+    a2 = speak(first, tmp_path / "a2.wav", "--seed", "7")
+    b = speak(second, tmp_path / "b.wav", "--seed", "7")
+    assert np.array_equal(a1, a2)
+    assert len(a1) != len(b) or not np.allclose(a1, b, atol=1e-3)
+
+
+def test_long_text_is_spoken_in_sentence_chunks(two_voices, tmp_path: Path):
+    name = next(iter(two_voices))
+    text = " ".join(f"This is sentence number {n} of a long text, which keeps going for a while." for n in range(8))
+    result = run("speak", "--voice", name, "-o", str(tmp_path / "long.wav"), "--max-tokens", "5", "--json",
+                 input=text)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["chunks"] >= 2
+
+
+def test_speak_without_output_picks_a_file_name_and_prints_it(two_voices, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = next(iter(two_voices))
+    result = run("speak", "--voice", name, "Hi.", "--max-tokens", "5")
+    assert result.exit_code == 0, result.output
+    written = result.stdout.split()[1]
+    assert written.startswith(name) and (tmp_path / written).is_file()
+
+
+def test_conditionals_are_derived_lazily_when_add_skipped_them(home: Path, speakers, tmp_path: Path):
+    clip = next(iter(speakers.values()))[0]
+    assert run("add", str(clip), "--name", "lazy", "--no-conditionals").exit_code == 0
+    speak("lazy", tmp_path / "lazy.wav")
+    assert json.loads(run("show", "lazy", "--json").stdout)["models"] == ["english"]
+
+
+def test_corrupt_conditionals_give_a_clear_error_and_check_repairs_them(two_voices, home: Path, tmp_path: Path):
+    name = next(iter(two_voices))
+    conds = home / json.loads(run("show", name, "--json").stdout)["conditionals"][0]["file"]
+    conds.write_bytes(b"not a torch file")
+    assert "check --repair" in run_fails("speak", "--voice", name, "Hi.", "--max-tokens", TOKENS)
+    assert run("check", "--repair").exit_code == 0
+    speak(name, tmp_path / "after.wav")
+
+
+def test_match_then_speak_in_one_go(two_voices, multi_clip_speakers, tmp_path: Path):
+    name = next(iter(two_voices))
+    query = multi_clip_speakers[name][1]
+    out = tmp_path / "reply.wav"
+    result = run("match", str(query), "--speak", "Nice to meet you.", "-o", str(out), "--max-tokens", TOKENS)
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and name in result.stdout

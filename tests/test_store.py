@@ -1,0 +1,32 @@
+"""Alembic owns the schema: an empty database upgrades to head, and the code expects that head."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+
+from voicedb.store import SCHEMA_HEAD, Store, migrations_dir
+
+
+def test_code_expects_the_head_revision_of_the_shipped_migrations():
+    assert ScriptDirectory(str(migrations_dir())).get_current_head() == SCHEMA_HEAD
+
+
+def test_migrations_upgrade_an_empty_database_to_head(tmp_path: Path):
+    store = Store(tmp_path / "fresh.sqlite")
+    assert store.needs_upgrade()
+    store.upgrade()
+    assert not store.needs_upgrade()
+    with sqlite3.connect(tmp_path / "fresh.sqlite") as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        (version,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        (mode,) = con.execute("PRAGMA journal_mode").fetchone()
+    assert {"voices", "clips", "conditionals", "meta"} <= tables
+    assert version == SCHEMA_HEAD
+    assert mode == "wal"
+
+
+def test_migrations_ship_inside_the_installed_package():
+    assert (migrations_dir() / "env.py").is_file()
+    assert any(migrations_dir().joinpath("versions").glob("0001_*.py"))

@@ -1,0 +1,108 @@
+"""The ``.voicedb`` bundle: one zip holding a voice's conditionals, embedding, metadata and clips.
+
+Bundles cross trust boundaries, so reading one is defensive: only names of the expected shape are
+accepted (no ``../``, no absolute paths, no links), sizes are bounded, and every member must match
+the SHA-256 its manifest records. Nothing is extracted to disk here; members come back as bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ImportRejected
+from .files import atomic_write_bytes
+
+FORMAT = "voicedb-bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MEMBER_BYTES = 1 << 30
+MAX_MEMBERS = 1000
+MEMBER_NAME = re.compile(r"^(embedding\.npy|conds/[a-z]+\.pt|clips/[0-9a-f]{64}\.[a-z0-9]{1,5})$")
+
+
+@dataclass
+class Bundle:
+    """A voice in transit: ``manifest`` metadata and the member files' bytes."""
+
+    manifest: dict[str, Any]
+    members: dict[str, bytes]
+
+    @property
+    def embedding(self) -> np.ndarray:
+        return np.load(io.BytesIO(self.members["embedding.npy"]), allow_pickle=False)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_bundle(path: Path, voice: dict[str, Any], members: dict[str, bytes]) -> None:
+    """Write a bundle atomically; the manifest records every member's SHA-256."""
+    for name in members:
+        if not MEMBER_NAME.match(name):
+            raise ValueError(f"bad bundle member name {name!r}")
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "voice": voice,
+        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
+        for name, data in members.items():
+            archive.writestr(name, data)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_bundle(path: Path) -> Bundle:
+    """Read and verify a bundle; any deviation raises ``ImportRejected``."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ImportRejected(f"{path}: not a voicedb bundle ({exc}).") from exc
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise ImportRejected(f"{path}: too many members.")
+        names = [info.filename for info in infos]
+        for info in infos:
+            if info.filename != MANIFEST and not MEMBER_NAME.match(info.filename):
+                raise ImportRejected(f"{path}: refusing unexpected member {info.filename!r}.")
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise ImportRejected(f"{path}: member {info.filename!r} is too large.")
+        if MANIFEST not in names or len(set(names)) != len(names):
+            raise ImportRejected(f"{path}: no manifest, or duplicate members.")
+        try:
+            manifest = json.loads(archive.read(MANIFEST))
+            members = {name: archive.read(name) for name in names if name != MANIFEST}
+        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            raise ImportRejected(f"{path}: damaged bundle ({exc}).") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ImportRejected(f"{path}: not a voicedb bundle of version {VERSION}.")
+    checksums = manifest.get("sha256")
+    if not isinstance(checksums, dict) or set(checksums) != set(members) or "embedding.npy" not in members:
+        raise ImportRejected(f"{path}: the manifest does not list exactly the bundle's members.")
+    for name, data in members.items():
+        if hashlib.sha256(data).hexdigest() != checksums[name]:
+            raise ImportRejected(f"{path}: {name} does not match its checksum.")
+    if not isinstance(manifest.get("voice"), dict) or not isinstance(manifest["voice"].get("name"), str):
+        raise ImportRejected(f"{path}: the manifest has no voice name.")
+    bundle = Bundle(manifest, members)
+    try:
+        embedding = bundle.embedding
+    except ValueError as exc:
+        raise ImportRejected(f"{path}: embedding.npy is not a plain array ({exc}).") from exc
+    if embedding.shape != (256,) or embedding.dtype != np.float32 or not np.isfinite(embedding).all():
+        raise ImportRejected(f"{path}: the embedding must be 256 finite float32 values.")
+    return bundle
