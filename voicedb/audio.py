@@ -77,6 +77,10 @@ def _decode(path: Path) -> tuple[np.ndarray, int, float]:
             wav, _ = librosa.load(str(path), sr=LOAD_SR, mono=True, duration=MAX_ANALYSED_SECONDS)
     except PermissionError:
         raise AudioError(f"{path}: permission denied.") from None
+    except librosa.util.exceptions.ParameterError as exc:
+        if "finite" in str(exc):
+            raise AudioError(f"{path}: holds invalid samples (NaN or infinity).") from None
+        raise AudioError(f"{path}: not a readable audio file ({exc}).") from exc
     except Exception as exc:  # noqa: BLE001 - soundfile and audioread raise many types for "not audio"
         raise AudioError(f"{path}: not a readable audio file ({type(exc).__name__}).") from exc
     return np.asarray(wav, dtype=np.float32), original_sr, duration

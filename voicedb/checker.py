@@ -52,7 +52,8 @@ class Checker:
 
     def _orphans(self) -> None:
         referenced = {Path(c.file) for v in self._voices() for c in [*v.clips, *v.conditionals]}
-        for temp in leftover_temp_files(self.home):
+        temps = leftover_temp_files(self.home)
+        for temp in temps:
             if self.repair:
                 temp.unlink(missing_ok=True)
             self._report("temp-file", f"unfinished write left behind: {temp.relative_to(self.home)}", self.repair)
@@ -62,7 +63,7 @@ class Checker:
                 continue
             for path in sorted(directory.iterdir()):
                 relative = path.relative_to(self.home)
-                if relative in referenced or not path.exists():
+                if relative in referenced or path in temps or not path.exists():
                     continue
                 if self.repair:
                     path.unlink()

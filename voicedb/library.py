@@ -304,7 +304,7 @@ class VoiceDB:
         flavour = flavour_named(model)
         files = expand_audio_paths(Path(p) for p in paths)
         if voice is None:
-            name = check_name(name or default_name(paths, files))
+            name = check_name(default_name(paths, files) if name is None else name)
             self._check_name_free(name)
         known = self._known_hashes()
         clips: list[LoadedClip] = []
