@@ -254,7 +254,7 @@ def speak(ctx: click.Context, text: str | None, voice_ref: str, text_file, outpu
     if text is None:
         if text_file is None and sys.stdin.isatty():
             raise click.UsageError("give TEXT, --file, or pipe text on stdin.")
-        text = (text_file or click.get_text_stream("stdin")).read()
+        text = (text_file or sys.stdin).read()
     settings = SynthesisSettings(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=temperature,
                                  max_tokens=max_tokens, language=language)
     with progress_bar() as hook:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_SUFFIX = ".voicedb-tmp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -37,6 +39,7 @@ def temp_path_for(path: Path) -> Path:
     """A fresh temp name in ``path``'s directory, so the final rename never crosses file systems."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make library files private to one user
     os.close(fd)
     return Path(temp_name)
 
