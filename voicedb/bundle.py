@@ -40,6 +40,15 @@ class Bundle:
         return np.load(io.BytesIO(self.members["embedding.npy"]), allow_pickle=False)
 
 
+def is_bundle(path: Path) -> bool:
+    """Bundles are zips with our manifest; torch's ``.pt`` files are zips too, without one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return MANIFEST in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return path.suffix == ".voicedb"
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)

@@ -493,7 +493,8 @@ def read_conditionals(data: bytes, source: str):
     from .errors import ImportRejected
 
     try:
-        raw = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
+        with quiet():
+            raw = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle payloads and garbage both end here
         raise ImportRejected(f"{source}: not a safe Chatterbox conditionals file ({type(exc).__name__}).") from exc
     if not isinstance(raw, dict) or set(raw) != {"t3", "gen"} or not all(isinstance(raw[k], dict) for k in raw):

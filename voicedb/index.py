@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .faults import crash_point
 from .files import atomic_write_bytes
 from .store import EMBEDDING_DIM
 
@@ -72,6 +73,7 @@ class IndexFiles:
         import faiss
 
         atomic_write_bytes(self.index_path, faiss.serialize_index(index).tobytes())
+        crash_point("index:written")
         atomic_write_bytes(self.stamp_path, json.dumps({"generation": generation, "count": index.ntotal}).encode())
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from . import config
 from .audio import LoadedClip, best_reference, expand_audio_paths, load_clip
+from .faults import crash_point
 from .errors import (
     AmbiguousVoice,
     InvalidName,
@@ -380,6 +381,7 @@ class VoiceDB:
                 self._check_name_free(name, session)
                 voice_id = self._new_id(session)
                 written = self._write_clip_files(clips)
+                crash_point("add:clips-written")
                 row = VoiceRow(id=voice_id, name=name, tags=tags, embedding=mean.tobytes(), encoder=encoder,
                                created_at=utcnow(), updated_at=utcnow())
                 row.clips = [self._clip_row(clip, embedding, written[clip.sha256])
@@ -388,11 +390,14 @@ class VoiceDB:
                     reference, value, fingerprint = conds
                     row.conditionals = [self._write_conditionals(voice_id, flavour.name, value, fingerprint,
                                                                  reference.sha256)]
+                    crash_point("add:conds-written")
                 session.add(row)
                 session.merge(MetaRow(key="encoder", value=encoder))
                 generation = self.store.bump_generation(session)
                 session.flush()
                 pk = row.pk
+                crash_point("add:before-commit")
+            crash_point("add:committed")
             self._update_index(generation, add=[(pk, mean)])
             return AddResult(self.get(voice_id), True, [c.path.name for c in clips], warnings)
 
@@ -541,6 +546,8 @@ class VoiceDB:
             if row.name != new_name:
                 self._check_name_free(new_name, session)
                 row.name, row.updated_at = new_name, utcnow()
+                session.flush()
+                crash_point("rename:before-commit")
             voice_id = row.id
         return self.get(voice_id)
 
@@ -553,8 +560,10 @@ class VoiceDB:
                 files = [self.home / c.file for c in row.clips] + [self.home / c.file for c in row.conditionals]
                 session.delete(row)
                 generation = self.store.bump_generation(session)
+            crash_point("rm:committed")
             for path in files:  # after the commit: a crash here leaves orphans, never dangling rows
                 path.unlink(missing_ok=True)
+                crash_point("rm:file-deleted")
             self._update_index(generation, remove=[pk])
         return removed
 
@@ -641,15 +650,14 @@ class VoiceDB:
         A ``.pt``'s ``t3.speaker_emb`` becomes the index vector. Everything is validated before the
         library is touched; on any problem it is left unchanged.
         """
-        import zipfile
-
+        from .bundle import is_bundle
         from .chatterbox import flavour_named, read_conditionals
         from .errors import AudioError
 
         path = Path(path)
         if not path.is_file():
             raise AudioError(f"{path}: no such file.")
-        if zipfile.is_zipfile(path):
+        if is_bundle(path):
             return self._import_bundle(path, name)
         flavour = flavour_named(model)
         conds = read_conditionals(path.read_bytes(), str(path))
@@ -708,6 +716,7 @@ class VoiceDB:
                 for clip in clips:
                     relative = f"{CLIPS_DIR}/{Path(clip['file']).name}"
                     atomic_write_bytes(self.home / relative, members[clip["file"]])
+                    crash_point("import:clip-written")
                     row.clips.append(ClipRow(
                         sha256=Path(clip["file"]).stem, file=relative, source_name=str(clip["source_name"]),
                         duration_s=float(clip["duration_s"]), speech_s=float(clip["speech_s"]),
@@ -715,11 +724,13 @@ class VoiceDB:
                         embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(), added_at=utcnow()))
                 row.conditionals = [self._write_conditionals(voice_id, flavour, value, "imported", None)
                                     for flavour, value in conds.items()]
+                crash_point("import:conds-written")
                 session.add(row)
                 session.merge(MetaRow(key="encoder", value=encoder))
                 generation = self.store.bump_generation(session)
                 session.flush()
                 pk = row.pk
+            crash_point("import:committed")
             self._update_index(generation, add=[(pk, mean)])
         return self.get(voice_id)
 

@@ -130,6 +130,9 @@ class MetaRow(Base):
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:
+    # Let SQLAlchemy's BEGIN (below) start every transaction: pysqlite's own implicit transactions
+    # leave DDL outside them, so a migration killed halfway would not roll back.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode = WAL")
@@ -158,9 +161,12 @@ def upgrade_to_head(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
+    from .faults import crash_point
+
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+        crash_point("migrate:before-commit")
 
 
 def known_revisions() -> set[str]:
@@ -176,6 +182,7 @@ class Store:
         self.path = path
         self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(self.engine, "connect", _configure_sqlite)
+        event.listen(self.engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def needs_upgrade(self) -> bool:
