@@ -1,4 +1,5 @@
 """Alembic environment: voicedb passes its own connection in ``config.attributes['connection']``."""
+
 from alembic import context
 
 from voicedb.store import Base

@@ -14,6 +14,7 @@ Memory is the resident-set growth of holding the index (voicedb) or matrix (nump
 ``--checkpoint`` it also times speaker embedding per second of real speech (tests/data/speech).
 Times are medians over repeated queries; ratios are what to compare, since machines are noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,22 @@ def fill_library(home: Path, vectors: np.ndarray) -> None:
     now = utcnow()
     with db.store.session() as session:
         for start in range(0, len(vectors), 50_000):
-            chunk = vectors[start:start + 50_000]
-            session.execute(insert(VoiceRow), [
-                {"id": f"{start + i:08x}", "name": f"voice-{start + i}", "tags": [], "embedding": v.tobytes(),
-                 "encoder": "bench", "created_at": now, "updated_at": now} for i, v in enumerate(chunk)])
+            chunk = vectors[start : start + 50_000]
+            session.execute(
+                insert(VoiceRow),
+                [
+                    {
+                        "id": f"{start + i:08x}",
+                        "name": f"voice-{start + i}",
+                        "tags": [],
+                        "embedding": v.tobytes(),
+                        "encoder": "bench",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i, v in enumerate(chunk)
+                ],
+            )
         session.merge(MetaRow(key="generation", value="1"))
     db.close()
 
@@ -96,7 +109,6 @@ def bench_size(n: int, repeats: int) -> dict[str, float]:
     flat = faiss.IndexFlatIP(DIM)
     flat.add(vectors)
     row["faiss_ms"] = median_ms(lambda: flat.search(query.reshape(1, -1), 5), repeats)
-    del flat
 
     def numpy_top5() -> np.ndarray:
         scores = vectors @ query
@@ -131,20 +143,28 @@ def main() -> None:
     args = parser.parse_args()
     import faiss
 
-    print(f"faiss {faiss.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, top-5 query, "
-          f"median of {args.repeats}")
-    print(f"{'voices':>9} | {'voicedb ms':>10} | {'faiss ms':>8} | {'numpy ms':>8} | {'vs faiss':>8} | "
-          f"{'vs numpy':>8} | {'index MB':>8} | {'numpy MB':>8} | {'rebuild s':>9} | {'load s':>6}")
+    print(
+        f"faiss {faiss.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, top-5 query, "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"{'voices':>9} | {'voicedb ms':>10} | {'faiss ms':>8} | {'numpy ms':>8} | {'vs faiss':>8} | "
+        f"{'vs numpy':>8} | {'index MB':>8} | {'numpy MB':>8} | {'rebuild s':>9} | {'load s':>6}"
+    )
     for n in args.sizes:
         r = bench_size(n, args.repeats)
-        print(f"{n:>9,} | {r['voicedb_ms']:>10.3f} | {r['faiss_ms']:>8.3f} | {r['numpy_ms']:>8.3f} | "
-              f"{r['voicedb_ms'] / r['faiss_ms']:>7.2f}x | {r['voicedb_ms'] / r['numpy_ms']:>7.2f}x | "
-              f"{r['voicedb_mb']:>8.1f} | {r['numpy_mb']:>8.1f} | {r['rebuild_s']:>9.2f} | {r['load_s']:>6.2f}",
-              flush=True)
+        print(
+            f"{n:>9,} | {r['voicedb_ms']:>10.3f} | {r['faiss_ms']:>8.3f} | {r['numpy_ms']:>8.3f} | "
+            f"{r['voicedb_ms'] / r['faiss_ms']:>7.2f}x | {r['voicedb_ms'] / r['numpy_ms']:>7.2f}x | "
+            f"{r['voicedb_mb']:>8.1f} | {r['numpy_mb']:>8.1f} | {r['rebuild_s']:>9.2f} | {r['load_s']:>6.2f}",
+            flush=True,
+        )
     if args.checkpoint:
         audio_s, per_second = bench_embedding(args.checkpoint)
-        print(f"\nspeaker embedding: {per_second * 1000:.1f} ms of compute per second of audio "
-              f"({audio_s:.0f} s of real speech, {1 / per_second:.0f}x real time)")
+        print(
+            f"\nspeaker embedding: {per_second * 1000:.1f} ms of compute per second of audio "
+            f"({audio_s:.0f} s of real speech, {1 / per_second:.0f}x real time)"
+        )
 
 
 if __name__ == "__main__":

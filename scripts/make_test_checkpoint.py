@@ -13,6 +13,7 @@
 
 The Hugging Face hub is never contacted. Re-running on a complete directory does nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ def write_voice_encoder(target: Path) -> None:
     from safetensors.torch import save_file
 
     state = torch.load(resemblyzer_weights(), map_location="cpu", weights_only=True)["model_state"]
-    renamed = {key.replace("linear.", "proj.", 1) if key.startswith("linear.") else key: value.contiguous()
-               for key, value in state.items()}
+    renamed = {
+        key.replace("linear.", "proj.", 1) if key.startswith("linear.") else key: value.contiguous()
+        for key, value in state.items()
+    }
     save_file(renamed, str(target))
 
 

@@ -7,6 +7,7 @@ Every clip is embedded as ``voicedb add`` does (the voice encoder of CHECKPOINT_
 clips are scored. Prints both distributions and, for candidate thresholds, the false-reject rate
 (same speaker below it) and false-accept rate (different speakers at or above it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ DEFAULT_SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "sp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("speech", type=Path, nargs="?", default=DEFAULT_SPEECH,
-                        help="folder of clips named <speaker>_<n>.<ext>")
+    parser.add_argument(
+        "speech", type=Path, nargs="?", default=DEFAULT_SPEECH, help="folder of clips named <speaker>_<n>.<ext>"
+    )
     args = parser.parse_args()
     models = ChatterboxModels(Checkpoint(args.checkpoint))
     clips = sorted(p for p in args.speech.iterdir() if p.suffix in {".wav", ".flac", ".ogg"})

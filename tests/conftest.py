@@ -1,4 +1,5 @@
 """Shared fixtures: the offline test checkpoint (built once), a fresh library per test, real speech."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ def checkpoint(request: pytest.FixtureRequest) -> Path:
     """The offline Chatterbox test checkpoint, built by ``scripts/make_test_checkpoint.py`` once and cached
     in pytest's cache directory (a fresh CI clone builds it once per run)."""
     directory = Path(request.config.cache.mkdir("voicedb-test-checkpoint"))
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_checkpoint.py"), str(directory)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_test_checkpoint.py"), str(directory)],
+        check=True,
+        capture_output=True,
+    )
     return directory
 
 
@@ -78,5 +82,10 @@ def run_fails(*args: str, code: int = 2) -> str:
 
 def voicedb_process(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m voicedb ARGS`` in a fresh process (for import-cost and crash tests)."""
-    return subprocess.run([sys.executable, "-m", "voicedb", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "voicedb", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )

@@ -1,4 +1,5 @@
 """``voicedb check`` finds every inconsistency and ``--repair`` fixes it from SQLite and the kept audio."""
+
 from __future__ import annotations
 
 import json

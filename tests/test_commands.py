@@ -1,4 +1,5 @@
 """Every command has help, is documented, and the light commands never load torch."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Every error a user can cause ends in one clear line and a non-zero exit, and changes nothing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import run, run_fails
 
 
@@ -17,8 +17,11 @@ def library_digest(home: Path) -> dict[str, str]:
     if (home / "voicedb.sqlite").exists():
         with sqlite3.connect(home / "voicedb.sqlite") as con:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(home.rglob("*")) if p.is_file() and p.name != ".lock" and not p.name.endswith(("-wal", "-shm"))}
+    return {
+        str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(home.rglob("*"))
+        if p.is_file() and p.name != ".lock" and not p.name.endswith(("-wal", "-shm"))
+    }
 
 
 @pytest.fixture
@@ -49,7 +52,10 @@ BAD_CLIPS = {
     "not audio": (lambda d: write_bytes(d / "notes.wav", b"hello, I am text"), "not a readable audio file"),
     "truncated": (lambda d: write_bytes(d / "cut.wav", b"RIFF\x24\x00\x00\x00WAVEfmt "), "not a readable audio file"),
     "silent": (lambda d: write_wav(d / "silence.wav", np.zeros(16_000 * 3, np.float32)), "is silent"),
-    "too short": (lambda d: write_wav(d / "blip.wav", 0.3 * np.sin(np.arange(8_000) / 5).astype(np.float32)), "too short"),
+    "too short": (
+        lambda d: write_wav(d / "blip.wav", 0.3 * np.sin(np.arange(8_000) / 5).astype(np.float32)),
+        "too short",
+    ),
     "nan": (lambda d: write_wav(d / "nan.wav", np.full(16_000 * 2, np.nan, np.float32), subtype="FLOAT"), "NaN"),
     "empty directory": (lambda d: make_dir(d / "nothing"), "holds no audio files"),
 }

@@ -1,12 +1,13 @@
 """Matching on real speech: the same speaker scores above the threshold, other speakers below."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run, run_fails
+
 from voicedb.config import DEFAULT_THRESHOLD
 
 

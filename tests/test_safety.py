@@ -1,4 +1,5 @@
 """Promises that keep voices safe, each tested by trying to break it: crashes, concurrency, hostile input."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import run, run_fails, voicedb_process
 from test_errors import library_digest
 
@@ -108,8 +108,15 @@ WORKER = textwrap.dedent("""
 def test_parallel_writers_lose_nothing_and_duplicate_nothing(home: Path, speakers, tmp_path: Path):
     clips = [clip for group in speakers.values() for clip in group][:8]
     jobs = [clips[i::4] for i in range(4)]  # 4 processes x 2 adds, each also matching
-    processes = [subprocess.Popen([sys.executable, "-c", WORKER, *(f"{c.stem}={c}" for c in job)],
-                                  env=os.environ.copy(), stderr=subprocess.PIPE, text=True) for job in jobs]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, *(f"{c.stem}={c}" for c in job)],
+            env=os.environ.copy(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for job in jobs
+    ]
     for process in processes:
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
@@ -187,8 +194,9 @@ def test_hostile_bundles_are_refused_and_change_nothing(home: Path, speakers, tm
     if attack == "not a zip":
         bad.write_bytes(b"PK\x03\x04 definitely not a zip")
     else:
-        rewrite_bundle(bundle, bad, {"path traversal": traversal, "tampered clip": tamper,
-                                     "unlisted member": unlisted}[attack])
+        rewrite_bundle(
+            bundle, bad, {"path traversal": traversal, "tampered clip": tamper, "unlisted member": unlisted}[attack]
+        )
     before = library_digest(home)
     run_fails("import", str(bad), "--name", "mallory")
     assert library_digest(home) == before
@@ -230,8 +238,7 @@ def test_whole_library_backup_round_trips(home: Path, speakers, tmp_path: Path, 
     assert run("import", "--all", str(backup)).exit_code == 0
     restored = {v["name"]: v for v in voices(tmp_path / "restored")}
     assert set(restored) == set(original)
-    assert all(restored[n]["clips"] == original[n]["clips"] and restored[n]["models"] == ["english"]
-               for n in original)
+    assert all(restored[n]["clips"] == original[n]["clips"] and restored[n]["models"] == ["english"] for n in original)
     assert run("check").exit_code == 0
     (backup / next(p.name for p in backup.glob("*.voicedb"))).write_bytes(b"damaged")
     monkeypatch.setenv("VOICEDB_HOME", str(tmp_path / "third"))
@@ -250,10 +257,11 @@ def resampled(source: Path, target: Path, rate: int, channels: int = 1) -> Path:
 
 
 @pytest.mark.parametrize("rate,channels", [(8_000, 1), (192_000, 1), (44_100, 6)])
-def test_unusual_rates_and_channel_counts_enroll_and_match(home: Path, multi_clip_speakers, tmp_path: Path,
-                                                          rate: int, channels: int):
+def test_unusual_rates_and_channel_counts_enroll_and_match(
+    home: Path, multi_clip_speakers, tmp_path: Path, rate: int, channels: int
+):
     speaker, clips = next(iter(multi_clip_speakers.items()))
-    odd = resampled(clips[0], tmp_path / f"odd.wav", rate, channels)
+    odd = resampled(clips[0], tmp_path / "odd.wav", rate, channels)
     result = run("add", str(odd), "--name", speaker, "--no-conditionals")
     assert result.exit_code == 0, result.output
     assert ("8000 Hz" in result.stderr) == (rate == 8_000)

@@ -2,6 +2,7 @@
 
 The random T3 never emits its stop token, so every call caps speech tokens with ``--max-tokens``.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import run, run_fails
 
 TOKENS = "12"  # 12 speech tokens ~ 0.5 s of audio: quick on a CPU
@@ -69,8 +69,7 @@ def test_same_seed_same_audio_and_different_voices_differ(two_voices, tmp_path: 
 def test_long_text_is_spoken_in_sentence_chunks(two_voices, tmp_path: Path):
     name = next(iter(two_voices))
     text = " ".join(f"This is sentence number {n} of a long text, which keeps going for a while." for n in range(8))
-    result = run("speak", "--voice", name, "-o", str(tmp_path / "long.wav"), "--max-tokens", "5", "--json",
-                 input=text)
+    result = run("speak", "--voice", name, "-o", str(tmp_path / "long.wav"), "--max-tokens", "5", "--json", input=text)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["chunks"] >= 2
 

@@ -1,4 +1,5 @@
 """Alembic owns the schema: an empty database upgrades to head, and the code expects that head."""
+
 from __future__ import annotations
 
 import sqlite3

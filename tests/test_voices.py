@@ -1,4 +1,5 @@
 """Enrolling, addressing, renaming and removing voices through the CLI, on real speech."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@
 >>> db = VoiceDB()                       # doctest: +SKIP
 >>> db.add(["alice.wav"], name="alice")  # doctest: +SKIP
 """
+
 from .errors import VoiceDBError
 from .library import VoiceDB
 from .records import AddResult, Match, Problem, SpeakResult, Voice

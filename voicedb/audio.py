@@ -1,4 +1,5 @@
 """Reading reference clips: find them, load them at Chatterbox's rates, hash them and judge their quality."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -128,9 +129,13 @@ def quality_warnings(clip: LoadedClip, min_seconds: float = 0.0) -> list[str]:
     found = []
     name = clip.path.name
     if min_seconds and clip.duration_s <= min_seconds:
-        found.append(f"{name}: {clip.duration_s:.1f} s is too short for this model (needs more than {min_seconds:.0f} s)")
+        found.append(
+            f"{name}: {clip.duration_s:.1f} s is too short for this model (needs more than {min_seconds:.0f} s)"
+        )
     elif clip.duration_s < RECOMMENDED_SECONDS:
-        found.append(f"{name}: {clip.duration_s:.1f} s is shorter than the ~{RECOMMENDED_SECONDS:.0f} s Chatterbox recommends")
+        found.append(
+            f"{name}: {clip.duration_s:.1f} s is shorter than the ~{RECOMMENDED_SECONDS:.0f} s Chatterbox recommends"
+        )
     if clip.clipped_fraction > CLIPPED_FRACTION:
         found.append(f"{name}: {clip.clipped_fraction:.1%} of samples are clipped")
     analysed = len(clip.wav_24k) / LOAD_SR

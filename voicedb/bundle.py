@@ -4,6 +4,7 @@ Bundles cross trust boundaries, so reading one is defensive: only names of the e
 accepted (no ``../``, no absolute paths, no links), sizes are bounded, and every member must match
 the SHA-256 its manifest records. Nothing is extracted to disk here; members come back as bytes.
 """
+
 from __future__ import annotations
 
 import hashlib

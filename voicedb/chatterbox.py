@@ -7,6 +7,7 @@ synthesis caps tokens), so this adapter calls Chatterbox's public parts -- ``Voi
 exactly as upstream's ``prepare_conditionals`` and ``generate`` do. Everything heavy is imported
 inside functions so that ``import voicedb`` stays light.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,14 +53,42 @@ class Flavour:
 FLAVOURS: dict[str, Flavour] = {
     flavour.name: flavour
     for flavour in (
-        Flavour("english", "ResembleAI/chatterbox", "ve.safetensors", "t3_cfg.safetensors",
-                "s3gen.safetensors", "tokenizer.json", 6, 150, 0.0, "ChatterboxTTS (English)"),
-        Flavour("multilingual", "ResembleAI/chatterbox", "ve.pt", "t3_mtl23ls_v2.safetensors",
-                "s3gen.pt", "grapheme_mtl_merged_expanded_v1.json", 6, 150, 0.0,
-                "ChatterboxMultilingualTTS (23 languages, needs --language)"),
-        Flavour("turbo", "ResembleAI/chatterbox-turbo", "ve.safetensors", "t3_turbo_v1.safetensors",
-                "s3gen_meanflow.safetensors", "tokenizer_config.json", 15, 375, 5.0,
-                "ChatterboxTurboTTS (fast, English, reference > 5 s)"),
+        Flavour(
+            "english",
+            "ResembleAI/chatterbox",
+            "ve.safetensors",
+            "t3_cfg.safetensors",
+            "s3gen.safetensors",
+            "tokenizer.json",
+            6,
+            150,
+            0.0,
+            "ChatterboxTTS (English)",
+        ),
+        Flavour(
+            "multilingual",
+            "ResembleAI/chatterbox",
+            "ve.pt",
+            "t3_mtl23ls_v2.safetensors",
+            "s3gen.pt",
+            "grapheme_mtl_merged_expanded_v1.json",
+            6,
+            150,
+            0.0,
+            "ChatterboxMultilingualTTS (23 languages, needs --language)",
+        ),
+        Flavour(
+            "turbo",
+            "ResembleAI/chatterbox-turbo",
+            "ve.safetensors",
+            "t3_turbo_v1.safetensors",
+            "s3gen_meanflow.safetensors",
+            "tokenizer_config.json",
+            15,
+            375,
+            5.0,
+            "ChatterboxTurboTTS (fast, English, reference > 5 s)",
+        ),
     )
 }
 DEFAULT_FLAVOUR = "english"
@@ -84,8 +113,11 @@ def quiet() -> Iterator[None]:
     previous_disable = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -238,7 +270,12 @@ class ChatterboxModels:
 
     # -- voice encoder ---------------------------------------------------------------------
     def _ve_path(self) -> Path:
-        return self.checkpoint.file(FLAVOURS[DEFAULT_FLAVOUR], FLAVOURS[DEFAULT_FLAVOUR].ve_file)
+        """``ve.safetensors``, or the multilingual layout's ``ve.pt`` in a local directory that has only that."""
+        english = FLAVOURS[DEFAULT_FLAVOUR]
+        directory = self.checkpoint.directory
+        if directory is not None and not (directory / english.ve_file).exists() and (directory / "ve.pt").exists():
+            return directory / "ve.pt"
+        return self.checkpoint.file(english, english.ve_file)
 
     @property
     def encoder(self):
@@ -292,8 +329,9 @@ class ChatterboxModels:
             self._modules[key] = f"{flavour.name}:ve={self.encoder_checksum[:16]}:s3gen={s3gen}"
         return self._modules[key]
 
-    def conditionals(self, flavour: Flavour, wav_24k: np.ndarray, speaker_embedding: np.ndarray,
-                     exaggeration: float = 0.5):
+    def conditionals(
+        self, flavour: Flavour, wav_24k: np.ndarray, speaker_embedding: np.ndarray, exaggeration: float = 0.5
+    ):
         """Chatterbox ``Conditionals`` for a voice, computed as upstream ``prepare_conditionals`` does.
 
         ``wav_24k`` is the reference clip at 24 kHz (float32, mono); ``speaker_embedding`` the voice's
@@ -310,8 +348,9 @@ class ChatterboxModels:
                 wav_24k = _normalise_loudness(wav_24k)
             wav_16k = librosa.resample(wav_24k, orig_sr=S3GEN_SR, target_sr=S3_SR)
             ref_dict = s3gen.embed_ref(wav_24k[: DEC_COND_SECONDS * S3GEN_SR], S3GEN_SR, device=self.device)
-            tokens, _ = s3gen.tokenizer.forward([wav_16k[: flavour.prompt_seconds * S3_SR]],
-                                                max_len=flavour.prompt_tokens)
+            tokens, _ = s3gen.tokenizer.forward(
+                [wav_16k[: flavour.prompt_seconds * S3_SR]], max_len=flavour.prompt_tokens
+            )
             t3_cond = T3Cond(
                 speaker_emb=torch.from_numpy(np.asarray(speaker_embedding, dtype=np.float32)).reshape(1, -1),
                 cond_prompt_speech_tokens=torch.atleast_2d(tokens),

@@ -4,8 +4,10 @@ SQLite is the truth. Files it does not mention are orphans (left by a crash befo
 may go; rows whose files are missing or corrupt are re-derived from the kept reference audio when
 possible and otherwise reported -- a voice is never deleted here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,8 +49,13 @@ class Checker:
 
     def _voices(self) -> list[VoiceRow]:
         with self.db.store.session() as session:
-            return list(session.scalars(select(VoiceRow).order_by(VoiceRow.pk)
-                                        .options(selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))))
+            return list(
+                session.scalars(
+                    select(VoiceRow)
+                    .order_by(VoiceRow.pk)
+                    .options(selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))
+                )
+            )
 
     def _orphans(self) -> None:
         referenced = {Path(c.file) for v in self._voices() for c in [*v.clips, *v.conditionals]}
@@ -67,7 +74,9 @@ class Checker:
                     continue
                 if self.repair:
                     path.unlink()
-                self._report("orphan-file", f"{relative} belongs to no voice (left by an interrupted write)", self.repair)
+                self._report(
+                    "orphan-file", f"{relative} belongs to no voice (left by an interrupted write)", self.repair
+                )
 
     def _clip_files(self) -> None:
         for voice in self._voices():
@@ -76,8 +85,10 @@ class Checker:
                 if not path.exists():
                     self._report("missing-clip", f"voice {voice.id} ({voice.name}): kept clip {clip.file} is missing")
                 elif sha256_file(path) != clip.sha256:
-                    self._report("corrupt-clip", f"voice {voice.id} ({voice.name}): kept clip {clip.file} "
-                                                 "does not match its checksum")
+                    self._report(
+                        "corrupt-clip",
+                        f"voice {voice.id} ({voice.name}): kept clip {clip.file} does not match its checksum",
+                    )
 
     def _conditionals(self) -> None:
         for voice in self._voices():
@@ -87,14 +98,15 @@ class Checker:
                     continue
                 what = "missing" if not path.exists() else "corrupt"
                 message = f"voice {voice.id} ({voice.name}): {conds.flavour} conditionals {conds.file} are {what}"
-                self._report("conditionals", message, self._try(lambda: self.db._derive_conditionals(voice.id, conds.flavour)))
+                repaired = self._try(self.db._derive_conditionals, voice.id, conds.flavour)
+                self._report("conditionals", message, repaired)
 
-    def _try(self, action) -> bool:
+    def _try(self, action: Callable[..., object], *args: object) -> bool:
         """Run a repair when asked to; a repair that cannot succeed stays reported, not fatal."""
         if not self.repair:
             return False
         try:
-            action()
+            action(*args)
         except VoiceDBError as exc:
             self._report("unrepaired", str(exc))
             return False
@@ -113,13 +125,13 @@ class Checker:
         for voice in voices:
             if current is not None and voice.encoder != current:
                 message = f"voice {voice.id} ({voice.name}) was embedded with another voice-encoder checkpoint"
-                self._report("encoder", message, self._try(lambda: self._reembed(voice.id)))
+                self._report("encoder", message, self._try(self._reembed, voice.id))
             elif voice.clips:
                 mean = np.mean([c.vector for c in voice.clips], axis=0)
                 mean = mean / np.linalg.norm(mean)
                 if not np.allclose(mean, voice.vector, atol=1e-4):
                     message = f"voice {voice.id} ({voice.name}): embedding is not the mean of its clips"
-                    self._report("embedding", message, self._try(lambda: self._set_vector(voice.id, None)))
+                    self._report("embedding", message, self._try(self._set_vector, voice.id, None))
         if self.repair and current is not None and not any(p.kind == "unrepaired" for p in self.problems):
             with self.db.store.session() as session:
                 session.merge(MetaRow(key="encoder", value=current))

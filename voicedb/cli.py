@@ -1,11 +1,13 @@
 """The ``voicedb`` command: parse arguments, call ``VoiceDB``, format the result (text or ``--json``)."""
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -53,8 +55,14 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(file=sys.stderr), transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(file=sys.stderr),
+        transient=True,
+    ) as bar:
         task = bar.add_task("", total=None)
 
         def hook(done: int, total: int, label: str) -> None:
@@ -67,10 +75,18 @@ MODEL_CHOICE = click.Choice(["english", "multilingual", "turbo"])
 
 
 @click.group(cls=VoiceDBGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Library directory (default: ${config.HOME_ENV}, else the platform's user data dir).")
-@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Local Chatterbox checkpoint directory (default: ${config.CHECKPOINT_ENV}, else the Hugging Face hub).")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Library directory (default: ${config.HOME_ENV}, else the platform's user data dir).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Local Chatterbox checkpoint directory (default: ${config.CHECKPOINT_ENV}, else the Hugging Face hub).",
+)
 @click.version_option(package_name="voicedb")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, checkpoint: Path | None) -> None:
@@ -101,14 +117,28 @@ def init(ctx: click.Context) -> None:
 @click.option("--name", "-n", help="Name of the new voice (default: the directory's or first file's name).")
 @click.option("--tag", "-t", "tags", multiple=True, help="A tag to attach; repeat for several.")
 @click.option("--voice", "voice_ref", metavar="ID|NAME", help="Add the clips to this existing voice instead.")
-@click.option("--model", type=MODEL_CHOICE, default="english", show_default=True,
-              help="Chatterbox model whose conditionals are computed now (others are derived when first used).")
+@click.option(
+    "--model",
+    type=MODEL_CHOICE,
+    default="english",
+    show_default=True,
+    help="Chatterbox model whose conditionals are computed now (others are derived when first used).",
+)
 @click.option("--no-conditionals", is_flag=True, help="Only embed; derive conditionals at the first `speak`.")
 @click.option("--strict", is_flag=True, help="Refuse clips with quality warnings instead of warning.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def add(ctx: click.Context, paths: tuple[Path, ...], name: str | None, tags: tuple[str, ...], voice_ref: str | None,
-        model: str, no_conditionals: bool, strict: bool, as_json: bool) -> None:
+def add(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    name: str | None,
+    tags: tuple[str, ...],
+    voice_ref: str | None,
+    model: str,
+    no_conditionals: bool,
+    strict: bool,
+    as_json: bool,
+) -> None:
     """Enroll a voice from one or more clips of one speaker.
 
     PATHS are audio files (WAV, FLAC, OGG, MP3) or directories of them. All clips become one voice:
@@ -119,8 +149,16 @@ def add(ctx: click.Context, paths: tuple[Path, ...], name: str | None, tags: tup
         raise click.UsageError("--name names a new voice; with --voice use `voicedb rename` instead.")
     db = library(ctx)
     with progress_bar() as hook:
-        result = db.add(list(paths), name=name, tags=tags, voice=voice_ref, model=model,
-                        conditionals=not no_conditionals, strict=strict, progress=hook)
+        result = db.add(
+            list(paths),
+            name=name,
+            tags=tags,
+            voice=voice_ref,
+            model=model,
+            conditionals=not no_conditionals,
+            strict=strict,
+            progress=hook,
+        )
     for message in result.warnings:
         warn(message)
     if as_json:
@@ -134,8 +172,13 @@ def add(ctx: click.Context, paths: tuple[Path, ...], name: str | None, tags: tup
 @cli.command()
 @click.argument("clip", type=click.Path(path_type=Path))
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="How many voices to list.")
-@click.option("--threshold", type=float, default=config.DEFAULT_THRESHOLD, show_default=True,
-              help="Cosine score a voice must reach to count as the same speaker.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=config.DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Cosine score a voice must reach to count as the same speaker.",
+)
 @click.option("--all", "no_threshold", is_flag=True, help="List the nearest voices whatever their score.")
 @click.option("--speak", "speak_text", metavar="TEXT", help="Also speak TEXT with the best match.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="WAV file for --speak.")
@@ -143,8 +186,18 @@ def add(ctx: click.Context, paths: tuple[Path, ...], name: str | None, tags: tup
 @click.option("--seed", type=int, help="Random seed for --speak.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, name, score}.")
 @click.pass_context
-def match(ctx: click.Context, clip: Path, k: int, threshold: float, no_threshold: bool, speak_text: str | None,
-          output: Path | None, max_tokens: int, seed: int | None, as_json: bool) -> None:
+def match(
+    ctx: click.Context,
+    clip: Path,
+    k: int,
+    threshold: float,
+    no_threshold: bool,
+    speak_text: str | None,
+    output: Path | None,
+    max_tokens: int,
+    seed: int | None,
+    as_json: bool,
+) -> None:
     """Find the stored voices nearest to the speaker in CLIP.
 
     Prints cosine scores, best first. Exits with status 1 and "unknown speaker" when no voice
@@ -161,8 +214,14 @@ def match(ctx: click.Context, clip: Path, k: int, threshold: float, no_threshold
         from .chatterbox import SynthesisSettings
 
         with progress_bar() as hook:
-            result = db.speak(matches[0].id, speak_text, output, settings=SynthesisSettings(max_tokens=max_tokens),
-                              seed=seed, progress=hook)
+            result = db.speak(
+                matches[0].id,
+                speak_text,
+                output,
+                settings=SynthesisSettings(max_tokens=max_tokens),
+                seed=seed,
+                progress=hook,
+            )
         click.echo(f"wrote {result.output} ({result.seconds:.1f} s, voice {result.voice.name})", err=as_json)
 
 
@@ -181,8 +240,10 @@ def list_voices(ctx: click.Context, as_json: bool) -> None:
     width = max(4, *(len(v.name) for v in voices))
     click.echo(f"{'ID':<8}  {'NAME':<{width}}  CLIPS  SECONDS  MODELS  TAGS")
     for v in voices:
-        click.echo(f"{v.id:<8}  {v.name:<{width}}  {v.clips:>5}  {v.seconds:>7.1f}  "
-                   f"{','.join(v.models) or '-':<6}  {','.join(v.tags)}")
+        click.echo(
+            f"{v.id:<8}  {v.name:<{width}}  {v.clips:>5}  {v.seconds:>7.1f}  "
+            f"{','.join(v.models) or '-':<6}  {','.join(v.tags)}"
+        )
 
 
 @cli.command()
@@ -228,22 +289,55 @@ def remove(ctx: click.Context, voices: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("text", required=False)
 @click.option("--voice", "-v", "voice_ref", required=True, metavar="ID|NAME", help="The stored voice to speak with.")
-@click.option("--file", "-f", "text_file", type=click.File("r", encoding="utf-8"), help="Read the text from a file ('-' for stdin).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="WAV file to write (default: VOICE-TIME.wav in the current directory).")
-@click.option("--model", type=MODEL_CHOICE, default="english", show_default=True, help="Chatterbox model to speak with.")
+@click.option(
+    "--file",
+    "-f",
+    "text_file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the text from a file ('-' for stdin).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="WAV file to write (default: VOICE-TIME.wav in the current directory).",
+)
+@click.option(
+    "--model", type=MODEL_CHOICE, default="english", show_default=True, help="Chatterbox model to speak with."
+)
 @click.option("--language", help="Language id for the multilingual model (en, fr, de, ja, ...).")
-@click.option("--exaggeration", type=float, default=0.5, show_default=True, help="Emotion intensity (0 calm .. 1+ dramatic).")
-@click.option("--cfg-weight", type=float, default=0.5, show_default=True, help="Classifier-free guidance weight (pace).")
+@click.option(
+    "--exaggeration", type=float, default=0.5, show_default=True, help="Emotion intensity (0 calm .. 1+ dramatic)."
+)
+@click.option(
+    "--cfg-weight", type=float, default=0.5, show_default=True, help="Classifier-free guidance weight (pace)."
+)
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature.")
 @click.option("--seed", type=int, help="Random seed: the same seed gives the same audio.")
-@click.option("--max-tokens", type=click.IntRange(1, 1000), default=1000, show_default=True,
-              help="Cap on speech tokens per chunk (25 tokens = 1 s).")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1, 1000),
+    default=1000,
+    show_default=True,
+    help="Cap on speech tokens per chunk (25 tokens = 1 s).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def speak(ctx: click.Context, text: str | None, voice_ref: str, text_file, output: Path | None, model: str,
-          language: str | None, exaggeration: float, cfg_weight: float, temperature: float, seed: int | None,
-          max_tokens: int, as_json: bool) -> None:
+def speak(
+    ctx: click.Context,
+    text: str | None,
+    voice_ref: str,
+    text_file,
+    output: Path | None,
+    model: str,
+    language: str | None,
+    exaggeration: float,
+    cfg_weight: float,
+    temperature: float,
+    seed: int | None,
+    max_tokens: int,
+    as_json: bool,
+) -> None:
     """Speak TEXT in a stored voice, from its saved conditionals.
 
     TEXT comes from the argument, --file, or stdin. Long text is split at sentence boundaries and
@@ -255,28 +349,44 @@ def speak(ctx: click.Context, text: str | None, voice_ref: str, text_file, outpu
         if text_file is None and sys.stdin.isatty():
             raise click.UsageError("give TEXT, --file, or pipe text on stdin.")
         text = (text_file or sys.stdin).read()
-    settings = SynthesisSettings(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=temperature,
-                                 max_tokens=max_tokens, language=language)
+    settings = SynthesisSettings(
+        exaggeration=exaggeration,
+        cfg_weight=cfg_weight,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        language=language,
+    )
     with progress_bar() as hook:
         result = library(ctx).speak(voice_ref, text, output, model=model, settings=settings, seed=seed, progress=hook)
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(f"wrote {result.output} ({result.seconds:.1f} s, {result.chunks} chunk"
-                   f"{'s' * (result.chunks != 1)}, voice {result.voice.name})")
+        click.echo(
+            f"wrote {result.output} ({result.seconds:.1f} s, {result.chunks} chunk"
+            f"{'s' * (result.chunks != 1)}, voice {result.voice.name})"
+        )
 
 
 @cli.command()
 @click.argument("voice", required=False)
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="File to write (default: NAME.pt, or NAME.voicedb with --bundle).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="File to write (default: NAME.pt, or NAME.voicedb with --bundle).",
+)
 @click.option("--bundle", is_flag=True, help="Write a .voicedb archive: conditionals, embedding, metadata, clips.")
-@click.option("--all", "all_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Back up every voice as bundles into this directory.")
+@click.option(
+    "--all",
+    "all_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Back up every voice as bundles into this directory.",
+)
 @click.option("--model", type=MODEL_CHOICE, default="english", show_default=True, help="Whose conditionals to export.")
 @click.pass_context
-def export(ctx: click.Context, voice: str | None, output: Path | None, bundle: bool, all_dir: Path | None,
-           model: str) -> None:
+def export(
+    ctx: click.Context, voice: str | None, output: Path | None, bundle: bool, all_dir: Path | None, model: str
+) -> None:
     """Write VOICE's conditionals for use outside voicedb.
 
     \b
@@ -300,8 +410,13 @@ def export(ctx: click.Context, voice: str | None, output: Path | None, bundle: b
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--name", "-n", help="Name of the new voice (default: the bundle's name or the file's stem).")
 @click.option("--all", "restore_all", is_flag=True, help="SOURCE is a directory written by `export --all`.")
-@click.option("--model", type=MODEL_CHOICE, default="english", show_default=True,
-              help="The model a .pt file's conditionals belong to.")
+@click.option(
+    "--model",
+    type=MODEL_CHOICE,
+    default="english",
+    show_default=True,
+    help="The model a .pt file's conditionals belong to.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def import_(ctx: click.Context, source: Path, name: str | None, restore_all: bool, model: str, as_json: bool) -> None:

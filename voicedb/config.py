@@ -1,4 +1,5 @@
 """Where the library lives, where the weights come from, and the defaults we measured."""
+
 from __future__ import annotations
 
 import os

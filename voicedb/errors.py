@@ -3,6 +3,7 @@
 The CLI turns any ``VoiceDBError`` into that line on stderr and the class's ``exit_code``; anything
 else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@
 no cleanup handlers run, exactly as with a power cut or ``kill -9``. Unset, a crash point costs one
 dictionary lookup.
 """
+
 from __future__ import annotations
 
 import os

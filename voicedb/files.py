@@ -1,4 +1,5 @@
 """Atomic file writes and content hashing: a crash never leaves a half-written file under a real name."""
+
 from __future__ import annotations
 
 import hashlib

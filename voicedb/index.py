@@ -5,6 +5,7 @@ cosine similarities) whose FAISS ids are the voices' integer primary keys. ``ind
 records the library generation the index was built at; SQLite bumps that counter in the same
 transaction as every change to a voice vector, so a mismatch means "stale: rebuild".
 """
+
 from __future__ import annotations
 
 import json

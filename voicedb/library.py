@@ -6,6 +6,7 @@ and only then is the SQLite transaction that refers to them committed. A crash b
 leaves unreferenced files (reported and removed by ``check --repair``), never a row pointing at a
 missing file. The FAISS index is updated last and is rebuilt from SQLite whenever it is stale.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,10 +14,10 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -24,9 +25,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from . import config
 from .audio import LoadedClip, best_reference, expand_audio_paths, load_clip
-from .faults import crash_point
 from .errors import (
     AmbiguousVoice,
+    DuplicateClip,
     InvalidName,
     LibraryError,
     NameTaken,
@@ -34,6 +35,7 @@ from .errors import (
     QualityError,
     VoiceNotFound,
 )
+from .faults import crash_point
 from .files import publish, sha256_file, temp_path_for
 from .index import IndexFiles, new_index, search
 from .records import AddResult, Match, Problem, SpeakResult, Voice
@@ -86,8 +88,13 @@ class VoiceDB:
     >>> db.match("unknown.wav", k=3)                    # doctest: +SKIP
     """
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, checkpoint: str | os.PathLike[str] | None = None,
-                 device: str | None = None) -> None:
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+    ) -> None:
         self.home = config.library_home(home)
         self._checkpoint_dir = config.checkpoint_dir(checkpoint)
         self._device = device
@@ -130,7 +137,9 @@ class VoiceDB:
             with self._lock:
                 yield
         except Timeout:
-            raise LibraryError(f"another voicedb process has held {self.home} for {LOCK_TIMEOUT_S} s; try again.") from None
+            raise LibraryError(
+                f"another voicedb process has held {self.home} for {LOCK_TIMEOUT_S} s; try again."
+            ) from None
 
     def close(self) -> None:
         self.store.close()
@@ -171,17 +180,24 @@ class VoiceDB:
     @staticmethod
     def _voice(row: VoiceRow) -> Voice:
         return Voice(
-            id=row.id, name=row.name, tags=list(row.tags or []), clips=len(row.clips),
+            id=row.id,
+            name=row.name,
+            tags=list(row.tags or []),
+            clips=len(row.clips),
             seconds=round(sum(clip.duration_s for clip in row.clips), 2),
             models=sorted(c.flavour for c in row.conditionals),
-            created_at=row.created_at, updated_at=row.updated_at,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
 
     def list(self) -> list[Voice]:
         """Every voice, oldest first."""
         with self.store.session() as session:
-            rows = session.scalars(select(VoiceRow).order_by(VoiceRow.pk)
-                                   .options(selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))).all()
+            rows = session.scalars(
+                select(VoiceRow)
+                .order_by(VoiceRow.pk)
+                .options(selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))
+            ).all()
             return [self._voice(row) for row in rows]
 
     def get(self, ref: str) -> Voice:
@@ -195,11 +211,21 @@ class VoiceDB:
             row = self._row(session, ref)
             return {
                 **self._voice(row).to_dict(),
-                "clip_files": [{"file": c.file, "source": c.source_name, "seconds": round(c.duration_s, 2),
-                                "speech_seconds": round(c.speech_s, 2), "sample_rate": c.sample_rate,
-                                "sha256": c.sha256} for c in row.clips],
-                "conditionals": [{"model": c.flavour, "file": c.file, "sha256": c.sha256,
-                                  "checkpoint": c.checkpoint} for c in row.conditionals],
+                "clip_files": [
+                    {
+                        "file": c.file,
+                        "source": c.source_name,
+                        "seconds": round(c.duration_s, 2),
+                        "speech_seconds": round(c.speech_s, 2),
+                        "sample_rate": c.sample_rate,
+                        "sha256": c.sha256,
+                    }
+                    for c in row.clips
+                ],
+                "conditionals": [
+                    {"model": c.flavour, "file": c.file, "sha256": c.sha256, "checkpoint": c.checkpoint}
+                    for c in row.conditionals
+                ],
                 "encoder": row.encoder,
             }
 
@@ -231,7 +257,9 @@ class VoiceDB:
         except Timeout:
             pass  # a writer is busy and will save its own index
 
-    def _update_index(self, generation: int, add: Iterable[tuple[int, np.ndarray]] = (), remove: Iterable[int] = ()) -> None:
+    def _update_index(
+        self, generation: int, add: Iterable[tuple[int, np.ndarray]] = (), remove: Iterable[int] = ()
+    ) -> None:
         """Apply one committed change to the saved index (caller holds the write lock)."""
         index = self.index_files.load(generation - 1)
         if index is None:  # stale or missing: rebuild from the truth
@@ -253,7 +281,9 @@ class VoiceDB:
         clip = load_clip(Path(path))
         return self.models.embed(clip.wav_16k)
 
-    def match(self, path: str | os.PathLike[str], k: int = 5, threshold: float | None = config.DEFAULT_THRESHOLD) -> list[Match]:
+    def match(
+        self, path: str | os.PathLike[str], k: int = 5, threshold: float | None = config.DEFAULT_THRESHOLD
+    ) -> list[Match]:
         """The ``k`` stored voices nearest to the speaker in ``path``, best first.
 
         With a ``threshold``, voices scoring below it are left out, and ``NoMatch`` is raised when none
@@ -269,7 +299,9 @@ class VoiceDB:
             raise ValueError("k must be at least 1")
         hits = search(self._current_index(), normalised(vector), k)
         with self.store.session() as session:
-            rows = {row.pk: row for row in session.scalars(select(VoiceRow).where(VoiceRow.pk.in_([pk for pk, _ in hits])))}
+            rows = {
+                row.pk: row for row in session.scalars(select(VoiceRow).where(VoiceRow.pk.in_([pk for pk, _ in hits])))
+            }
         matches = [Match(rows[pk].id, rows[pk].name, score) for pk, score in hits if pk in rows]
         if threshold is not None:
             kept = [m for m in matches if m.score >= threshold]
@@ -290,9 +322,18 @@ class VoiceDB:
             )
 
     # -- adding -------------------------------------------------------------------------------
-    def add(self, paths: Sequence[str | os.PathLike[str]], *, name: str | None = None, tags: Sequence[str] = (),
-            voice: str | None = None, model: str = "english", conditionals: bool = True, strict: bool = False,
-            progress: ProgressHook | None = None) -> AddResult:
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        voice: str | None = None,
+        model: str = "english",
+        conditionals: bool = True,
+        strict: bool = False,
+        progress: ProgressHook | None = None,
+    ) -> AddResult:
         """Enroll clips as a new voice, or (``voice=``) add them to an existing one.
 
         The embedding is the mean of the per-clip voice-encoder embeddings, L2-normalised, as
@@ -314,8 +355,6 @@ class VoiceDB:
                 progress(done, len(files), file.name)
             clip = load_clip(file, flavour.min_seconds)
             if clip.sha256 in known:
-                from .errors import DuplicateClip
-
                 raise DuplicateClip(f"{file}: this exact recording is already enrolled in voice {known[clip.sha256]}.")
             if any(c.sha256 == clip.sha256 for c in clips):
                 continue  # the same file given twice
@@ -326,8 +365,9 @@ class VoiceDB:
         encoder = self.models.encoder_checksum
         warnings = [w for clip in clips for w in clip.warnings]
         if voice is None:
-            result = self._create_voice(name, list(tags), clips, embeddings, encoder, flavour, conditionals,
-                                        warnings, strict)
+            result = self._create_voice(
+                name, list(tags), clips, embeddings, encoder, flavour, conditionals, warnings, strict
+            )
         else:
             result = self._extend_voice(voice, list(tags), clips, embeddings, encoder, warnings, strict)
         return result
@@ -337,35 +377,49 @@ class VoiceDB:
             return dict(session.execute(select(ClipRow.sha256, VoiceRow.id).join(VoiceRow)).all())
 
     def _check_name_free(self, name: str, session: Session | None = None) -> None:
-        def taken(s: Session) -> bool:
-            return s.scalar(select(func.count()).select_from(VoiceRow).where(VoiceRow.name == name)) > 0
+        if session is None:
+            with self.store.session() as session:
+                return self._check_name_free(name, session)
+        if session.scalar(select(func.count()).select_from(VoiceRow).where(VoiceRow.name == name)):
+            raise NameTaken(
+                f"a voice named {name!r} already exists; choose another name or use --voice to add clips to it."
+            )
+        return None
 
-        if session is not None and taken(session) or session is None and self._with_session(taken):
-            raise NameTaken(f"a voice named {name!r} already exists; choose another name or use --voice to add clips to it.")
-
-    def _with_session(self, fn: Callable[[Session], Any]) -> Any:
-        with self.store.session() as session:
-            return fn(session)
-
-    def _similarity_warnings(self, clips: Sequence[LoadedClip], embeddings: Sequence[np.ndarray],
-                             mean: np.ndarray, exclude_pk: int | None = None) -> list[str]:
+    def _similarity_warnings(
+        self,
+        clips: Sequence[LoadedClip],
+        embeddings: Sequence[np.ndarray],
+        mean: np.ndarray,
+        exclude_id: str | None = None,
+    ) -> list[str]:
         """Clips that sound like another speaker, and stored voices the new one nearly duplicates."""
         found = []
         if len(embeddings) > 1:
-            for clip, embedding in zip(clips, embeddings):
-                others = mean_embedding([e for e in embeddings if e is not embedding])
+            for n, (clip, embedding) in enumerate(zip(clips, embeddings)):
+                others = mean_embedding([e for m, e in enumerate(embeddings) if m != n])
                 score = float(embedding @ others)
                 if score < config.DEFAULT_THRESHOLD:
-                    found.append(f"{clip.path.name}: scores only {score:.2f} against the other clips (another speaker?)")
-        for hit in self.match_vector(mean, k=3):
-            with self.store.session() as session:
-                pk = session.scalar(select(VoiceRow.pk).where(VoiceRow.id == hit.id))
-            if pk != exclude_pk and hit.score >= config.DEFAULT_THRESHOLD:
+                    found.append(
+                        f"{clip.path.name}: scores only {score:.2f} against the other clips (another speaker?)"
+                    )
+        for hit in self.match_vector(mean, k=2):
+            if hit.id != exclude_id and hit.score >= config.DEFAULT_THRESHOLD:
                 found.append(f"nearly duplicates voice {hit.id} ({hit.name}) with score {hit.score:.2f}")
         return found
 
-    def _create_voice(self, name: str, tags: list[str], clips: list[LoadedClip], embeddings: list[np.ndarray],
-                      encoder: str, flavour, with_conditionals: bool, warnings: list[str], strict: bool) -> AddResult:
+    def _create_voice(
+        self,
+        name: str,
+        tags: list[str],
+        clips: list[LoadedClip],
+        embeddings: list[np.ndarray],
+        encoder: str,
+        flavour,
+        with_conditionals: bool,
+        warnings: list[str],
+        strict: bool,
+    ) -> AddResult:
         mean = mean_embedding(embeddings)
         self._check_encoder_consistent(encoder)
         warnings = warnings + self._similarity_warnings(clips, embeddings, mean)
@@ -374,22 +428,34 @@ class VoiceDB:
         conds = None
         if with_conditionals:
             reference = best_reference(clips)
-            conds = (reference, self.models.conditionals(flavour, reference.wav_24k, mean),
-                     self.models.fingerprint(flavour))
+            conds = (
+                reference,
+                self.models.conditionals(flavour, reference.wav_24k, mean),
+                self.models.fingerprint(flavour),
+            )
         with self._writing():
             with self.store.session() as session:
                 self._check_name_free(name, session)
                 voice_id = self._new_id(session)
                 written = self._write_clip_files(clips)
                 crash_point("add:clips-written")
-                row = VoiceRow(id=voice_id, name=name, tags=tags, embedding=mean.tobytes(), encoder=encoder,
-                               created_at=utcnow(), updated_at=utcnow())
-                row.clips = [self._clip_row(clip, embedding, written[clip.sha256])
-                             for clip, embedding in zip(clips, embeddings)]
+                row = VoiceRow(
+                    id=voice_id,
+                    name=name,
+                    tags=tags,
+                    embedding=mean.tobytes(),
+                    encoder=encoder,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+                row.clips = [
+                    self._clip_row(clip, embedding, written[clip.sha256]) for clip, embedding in zip(clips, embeddings)
+                ]
                 if conds is not None:
                     reference, value, fingerprint = conds
-                    row.conditionals = [self._write_conditionals(voice_id, flavour.name, value, fingerprint,
-                                                                 reference.sha256)]
+                    row.conditionals = [
+                        self._write_conditionals(voice_id, flavour.name, value, fingerprint, reference.sha256)
+                    ]
                     crash_point("add:conds-written")
                 session.add(row)
                 session.merge(MetaRow(key="encoder", value=encoder))
@@ -401,8 +467,16 @@ class VoiceDB:
             self._update_index(generation, add=[(pk, mean)])
             return AddResult(self.get(voice_id), True, [c.path.name for c in clips], warnings)
 
-    def _extend_voice(self, ref: str, tags: list[str], clips: list[LoadedClip], embeddings: list[np.ndarray],
-                      encoder: str, warnings: list[str], strict: bool) -> AddResult:
+    def _extend_voice(
+        self,
+        ref: str,
+        tags: list[str],
+        clips: list[LoadedClip],
+        embeddings: list[np.ndarray],
+        encoder: str,
+        warnings: list[str],
+        strict: bool,
+    ) -> AddResult:
         with self.store.session() as session:
             row = self._row(session, ref)
             pk, voice_id = row.pk, row.id
@@ -410,15 +484,16 @@ class VoiceDB:
             flavours = [c.flavour for c in row.conditionals]
         mean = mean_embedding(old + embeddings)
         self._check_encoder_consistent(encoder)
-        warnings = warnings + self._similarity_warnings(clips, old + embeddings, mean, exclude_pk=pk)
+        warnings = warnings + self._similarity_warnings(clips, old + embeddings, mean, exclude_id=voice_id)
         if strict and warnings:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
         with self._writing():
             written = self._write_clip_files(clips)
             with self.store.session() as session:
                 row = self._row(session, voice_id)
-                row.clips.extend(self._clip_row(clip, embedding, written[clip.sha256])
-                                 for clip, embedding in zip(clips, embeddings))
+                row.clips.extend(
+                    self._clip_row(clip, embedding, written[clip.sha256]) for clip, embedding in zip(clips, embeddings)
+                )
                 row.embedding = mean.tobytes()
                 row.tags = sorted(set(row.tags or []) | set(tags))
                 row.updated_at = utcnow()
@@ -432,8 +507,10 @@ class VoiceDB:
         with self.store.session() as session:
             stored = session.get(MetaRow, "encoder")
         if stored is not None and stored.value != encoder:
-            raise LibraryError("this checkpoint's voice encoder differs from the one the library was built with; "
-                               "run `voicedb check --repair` to re-embed the library first.")
+            raise LibraryError(
+                "this checkpoint's voice encoder differs from the one the library was built with; "
+                "run `voicedb check --repair` to re-embed the library first."
+            )
 
     @staticmethod
     def _new_id(session: Session) -> str:
@@ -463,23 +540,41 @@ class VoiceDB:
 
     @staticmethod
     def _clip_row(clip: LoadedClip, embedding: np.ndarray, relative: str) -> ClipRow:
-        return ClipRow(sha256=clip.sha256, file=relative, source_name=clip.path.name, duration_s=clip.duration_s,
-                       speech_s=clip.speech_s, sample_rate=clip.sample_rate, embedding=embedding.tobytes(),
-                       added_at=utcnow())
+        return ClipRow(
+            sha256=clip.sha256,
+            file=relative,
+            source_name=clip.path.name,
+            duration_s=clip.duration_s,
+            speech_s=clip.speech_s,
+            sample_rate=clip.sample_rate,
+            embedding=embedding.tobytes(),
+            added_at=utcnow(),
+        )
 
-    def _write_conditionals(self, voice_id: str, flavour: str, conds: Any, fingerprint: str,
-                            clip_sha256: str | None) -> ConditionalsRow:
-        """Save conditionals with upstream ``Conditionals.save``, atomically; returns the row to commit."""
-        relative = f"{CONDS_DIR}/{voice_id}.{flavour}.pt"
-        target = self.home / relative
-        temp = temp_path_for(target)
+    def _write_conditionals(
+        self, voice_id: str, flavour: str, conds: Any, fingerprint: str, clip_sha256: str | None
+    ) -> ConditionalsRow:
+        """Save conditionals with upstream ``Conditionals.save``, atomically; returns the row to commit.
+
+        The file name carries the content hash, so re-deriving never overwrites the file the committed
+        row points at: a crash before the new row commits leaves the old conditionals intact.
+        """
+        temp = temp_path_for(self.home / CONDS_DIR / f"{voice_id}.{flavour}.pt")
         try:
             conds.save(temp)
-            publish(temp, target)
+            checksum = sha256_file(temp)
+            relative = f"{CONDS_DIR}/{voice_id}.{flavour}.{checksum[:12]}.pt"
+            publish(temp, self.home / relative)
         finally:
             temp.unlink(missing_ok=True)
-        return ConditionalsRow(flavour=flavour, file=relative, sha256=sha256_file(target), checkpoint=fingerprint,
-                               clip_sha256=clip_sha256, created_at=utcnow())
+        return ConditionalsRow(
+            flavour=flavour,
+            file=relative,
+            sha256=checksum,
+            checkpoint=fingerprint,
+            clip_sha256=clip_sha256,
+            created_at=utcnow(),
+        )
 
     # -- conditionals -------------------------------------------------------------------------
     def _derive_conditionals(self, ref: str, model: str) -> None:
@@ -511,11 +606,14 @@ class VoiceDB:
                 row = self._row(session, voice_id)
                 new = self._write_conditionals(voice_id, flavour.name, value, fingerprint, reference.sha256)
                 existing = next((c for c in row.conditionals if c.flavour == flavour.name), None)
+                replaced = existing.file if existing is not None and existing.file != new.file else None
                 if existing is None:
                     row.conditionals.append(new)
                 else:
                     existing.file, existing.sha256, existing.checkpoint = new.file, new.sha256, new.checkpoint
                     existing.clip_sha256, existing.created_at = new.clip_sha256, new.created_at
+            if replaced:  # after the commit, like every deletion
+                (self.home / replaced).unlink(missing_ok=True)
 
     def load_conditionals(self, ref: str, model: str = "english"):
         """A voice's saved Chatterbox ``Conditionals`` for ``model``, derived first if missing or outdated."""
@@ -533,8 +631,9 @@ class VoiceDB:
             return self.load_conditionals(voice_id, model)
         path, checksum = saved[0], saved[1]
         if not path.exists() or sha256_file(path) != checksum:
-            raise LibraryError(f"the {model} conditionals of voice {voice_id} are missing or corrupt; "
-                               "run `voicedb check --repair`.")
+            raise LibraryError(
+                f"the {model} conditionals of voice {voice_id} are missing or corrupt; run `voicedb check --repair`."
+            )
         return conditionals_class().load(path, map_location="cpu")
 
     # -- changing -----------------------------------------------------------------------------
@@ -568,8 +667,17 @@ class VoiceDB:
         return removed
 
     # -- speaking -----------------------------------------------------------------------------
-    def speak(self, ref: str, text: str, output: str | os.PathLike[str] | None = None, *, model: str = "english",
-              settings: Any = None, seed: int | None = None, progress: ProgressHook | None = None) -> SpeakResult:
+    def speak(
+        self,
+        ref: str,
+        text: str,
+        output: str | os.PathLike[str] | None = None,
+        *,
+        model: str = "english",
+        settings: Any = None,
+        seed: int | None = None,
+        progress: ProgressHook | None = None,
+    ) -> SpeakResult:
         """Synthesise ``text`` with a voice's saved conditionals and write a 24 kHz WAV.
 
         Long text is split at sentence boundaries into chunks Chatterbox handles, each spoken with the
@@ -580,10 +688,7 @@ class VoiceDB:
 
         flavour = flavour_named(model)
         settings = settings or SynthesisSettings()
-        if flavour.name == "multilingual" and not settings.language:
-            from .errors import VoiceDBError
-
-            raise VoiceDBError("the multilingual model needs --language (e.g. fr, de, ja).")
+        check_language(flavour.name, settings.language)
         chunks = split_text(text)
         voice = self.get(ref)
         conds = self.load_conditionals(voice.id, flavour.name)
@@ -624,13 +729,25 @@ class VoiceDB:
             for clip in row.clips:
                 name = f"clips/{clip.sha256}{Path(clip.file).suffix}"
                 members[name] = self._read_kept(clip.file)
-                clips.append({"file": name, "source_name": clip.source_name, "duration_s": clip.duration_s,
-                              "speech_s": clip.speech_s, "sample_rate": clip.sample_rate,
-                              "embedding": clip.vector.tolist()})
+                clips.append(
+                    {
+                        "file": name,
+                        "source_name": clip.source_name,
+                        "duration_s": clip.duration_s,
+                        "speech_s": clip.speech_s,
+                        "sample_rate": clip.sample_rate,
+                        "embedding": clip.vector.tolist(),
+                    }
+                )
             for conds in row.conditionals:
                 members[f"conds/{conds.flavour}.pt"] = self._read_kept(conds.file, conds.sha256)
-            voice = {"id": row.id, "name": row.name, "tags": list(row.tags or []), "encoder": row.encoder,
-                     "clips": clips}
+            voice = {
+                "id": row.id,
+                "name": row.name,
+                "tags": list(row.tags or []),
+                "encoder": row.encoder,
+                "clips": clips,
+            }
         write_bundle(output, voice, members)
         return output
 
@@ -669,7 +786,7 @@ class VoiceDB:
     def _import_bundle(self, path: Path, name: str | None) -> Voice:
         from .bundle import read_bundle
         from .chatterbox import FLAVOURS, read_conditionals
-        from .errors import DuplicateClip, ImportRejected
+        from .errors import ImportRejected
 
         bundle = read_bundle(path)
         voice = bundle.manifest["voice"]
@@ -678,7 +795,7 @@ class VoiceDB:
         conds = {}
         for member, data in bundle.members.items():
             if member.startswith("conds/"):
-                flavour = member[len("conds/"):-len(".pt")]
+                flavour = member[len("conds/") : -len(".pt")]
                 if flavour not in FLAVOURS:
                     raise ImportRejected(f"{path}: unknown model {flavour!r}.")
                 conds[flavour] = read_conditionals(data, f"{path}:{member}")
@@ -700,8 +817,15 @@ class VoiceDB:
         tags = [str(tag) for tag in voice.get("tags", []) if isinstance(tag, str)]
         return self._insert_imported(name, tags, normalised(bundle.embedding), conds, clips, bundle.members)
 
-    def _insert_imported(self, name: str, tags: list[str], mean: np.ndarray, conds: dict[str, Any],
-                         clips: list[dict[str, Any]], members: dict[str, bytes] | None) -> Voice:
+    def _insert_imported(
+        self,
+        name: str,
+        tags: list[str],
+        mean: np.ndarray,
+        conds: dict[str, Any],
+        clips: list[dict[str, Any]],
+        members: dict[str, bytes] | None,
+    ) -> Voice:
         from .files import atomic_write_bytes
 
         with self.store.session() as session:
@@ -711,19 +835,35 @@ class VoiceDB:
             with self.store.session() as session:
                 self._check_name_free(name, session)
                 voice_id = self._new_id(session)
-                row = VoiceRow(id=voice_id, name=name, tags=tags, embedding=mean.tobytes(), encoder=encoder,
-                               created_at=utcnow(), updated_at=utcnow())
+                row = VoiceRow(
+                    id=voice_id,
+                    name=name,
+                    tags=tags,
+                    embedding=mean.tobytes(),
+                    encoder=encoder,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
                 for clip in clips:
                     relative = f"{CLIPS_DIR}/{Path(clip['file']).name}"
                     atomic_write_bytes(self.home / relative, members[clip["file"]])
                     crash_point("import:clip-written")
-                    row.clips.append(ClipRow(
-                        sha256=Path(clip["file"]).stem, file=relative, source_name=str(clip["source_name"]),
-                        duration_s=float(clip["duration_s"]), speech_s=float(clip["speech_s"]),
-                        sample_rate=int(clip["sample_rate"]),
-                        embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(), added_at=utcnow()))
-                row.conditionals = [self._write_conditionals(voice_id, flavour, value, "imported", None)
-                                    for flavour, value in conds.items()]
+                    row.clips.append(
+                        ClipRow(
+                            sha256=Path(clip["file"]).stem,
+                            file=relative,
+                            source_name=str(clip["source_name"]),
+                            duration_s=float(clip["duration_s"]),
+                            speech_s=float(clip["speech_s"]),
+                            sample_rate=int(clip["sample_rate"]),
+                            embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(),
+                            added_at=utcnow(),
+                        )
+                    )
+                row.conditionals = [
+                    self._write_conditionals(voice_id, flavour, value, "imported", None)
+                    for flavour, value in conds.items()
+                ]
                 crash_point("import:conds-written")
                 session.add(row)
                 session.merge(MetaRow(key="encoder", value=encoder))
@@ -743,8 +883,11 @@ class VoiceDB:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = [self.export(voice.id, directory / f"{voice.id}.voicedb", bundle=True) for voice in self.list()]
-        index = {"format": "voicedb-backup", "version": 1,
-                 "bundles": {path.name: sha256_file(path) for path in written}}
+        index = {
+            "format": "voicedb-backup",
+            "version": 1,
+            "bundles": {path.name: sha256_file(path) for path in written},
+        }
         atomic_write_bytes(directory / "backup.json", json.dumps(index, indent=2).encode())
         return written
 
@@ -782,6 +925,22 @@ class VoiceDB:
 
         with self._writing():
             return Checker(self).run(repair)
+
+
+def check_language(flavour: str, language: str | None) -> None:
+    """The multilingual model needs one of its languages; the others speak English only."""
+    from .errors import VoiceDBError
+
+    if flavour != "multilingual":
+        if language and language.lower() != "en":
+            raise VoiceDBError(f"the {flavour} model speaks English only; use --model multilingual for {language!r}.")
+        return
+    from chatterbox.mtl_tts import SUPPORTED_LANGUAGES
+
+    if not language or language.lower() not in SUPPORTED_LANGUAGES:
+        raise VoiceDBError(
+            f"the multilingual model needs --language, one of: {', '.join(sorted(SUPPORTED_LANGUAGES))}."
+        )
 
 
 def seed_everything(seed: int) -> None:

@@ -1,4 +1,5 @@
 """The plain results the library returns and the CLI prints (``to_dict`` gives the ``--json`` shape)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,8 +50,12 @@ class AddResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.voice.to_dict(), "created": self.created, "clips_added": self.clips_added,
-                "warnings": self.warnings}
+        return {
+            **self.voice.to_dict(),
+            "created": self.created,
+            "clips_added": self.clips_added,
+            "warnings": self.warnings,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,14 @@ class SpeakResult:
     chunks: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"voice": self.voice.id, "name": self.voice.name, "output": str(self.output),
-                "seconds": round(self.seconds, 3), "sample_rate": self.sample_rate, "chunks": self.chunks}
+        return {
+            "voice": self.voice.id,
+            "name": self.voice.name,
+            "output": str(self.output),
+            "seconds": round(self.seconds, 3),
+            "sample_rate": self.sample_rate,
+            "chunks": self.chunks,
+        }
 
 
 @dataclass(frozen=True)

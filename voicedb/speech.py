@@ -1,4 +1,5 @@
 """Text in, WAV out: splitting long text into chunks Chatterbox can speak, and joining the audio."""
+
 from __future__ import annotations
 
 import re

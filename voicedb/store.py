@@ -4,6 +4,7 @@ The schema is created and upgraded only by the Alembic migrations shipped as ``v
 (top-level ``migrations/`` in the source tree). Alembic is imported only when the database is not
 already at the head revision, so opening an up-to-date library stays fast.
 """
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Time to first audio from saved conditionals versus upstream re-extraction, and enrollment cost.
+
+    python scripts/bench_speak.py CHECKPOINT_DIR [--tokens 25] [--repeats 3] [--device cpu]
+
+Same checkpoint, clip and text, in one process, models loaded before timing:
+
+- ``voicedb speak``: ``Conditionals.load`` of the saved ``.pt`` + synthesis;
+- upstream: ``ChatterboxTTS.prepare_conditionals(clip)`` (what ``generate(audio_prompt_path=...)``
+  runs on every call) + the same synthesis.
+
+Synthesis is capped at ``--tokens`` speech tokens on both sides: upstream ``generate`` hard-codes
+1000 tokens, which a random-weight test checkpoint always runs to (minutes on a CPU), so the
+upstream column uses upstream's own ``prepare_conditionals`` and the identical capped synthesis.
+
+Enrollment: one cold enrollment (models not yet loaded) as ``voicedb add`` does it -- voice encoder
+and S3Gen only -- versus the same with T3 loaded too, as ``ChatterboxTTS.from_pretrained`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
+CLIP = SPEECH / "ami_fee083_1.flac"
+TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def enroll_seconds(checkpoint: Path, device: str, with_t3: bool) -> tuple[float, float]:
+    """(seconds, resident MB) of one cold enrollment with fresh models."""
+    from voicedb import VoiceDB
+    from voicedb.chatterbox import FLAVOURS, ChatterboxModels, Checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = VoiceDB(tmp, checkpoint=checkpoint, device=device)
+        db._models = ChatterboxModels(Checkpoint(checkpoint), device)  # noqa: SLF001 - force a cold start
+        before = rss_mb()
+        start = time.perf_counter()
+        if with_t3:
+            db.models.t3(FLAVOURS["english"])
+        db.add([CLIP], name="bench")
+        seconds = time.perf_counter() - start
+        growth = rss_mb() - before
+        db.close()
+    return seconds, growth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--tokens", type=int, default=25, help="speech tokens per synthesis (25 = 1 s)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    import torch
+    from chatterbox.tts import ChatterboxTTS
+
+    from voicedb import VoiceDB
+    from voicedb.chatterbox import FLAVOURS, SynthesisSettings, quiet
+
+    english = FLAVOURS["english"]
+    settings = SynthesisSettings(max_tokens=args.tokens)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = VoiceDB(tmp, checkpoint=args.checkpoint, device=args.device)
+        db.add([CLIP], name="bench")
+        models = db.models
+        models.load_for_synthesis(english)
+        upstream = ChatterboxTTS(
+            models.t3(english), models.s3gen(english), models.encoder, models.tokenizer(english), args.device
+        )
+
+        def voicedb_first_audio() -> None:
+            torch.manual_seed(0)
+            models.synthesize(english, db.load_conditionals("bench"), TEXT, settings)
+
+        def upstream_first_audio() -> None:
+            torch.manual_seed(0)
+            with quiet():
+                upstream.prepare_conditionals(str(CLIP))
+            models.synthesize(english, upstream.conds, TEXT, settings)
+
+        def load_only() -> None:
+            db.load_conditionals("bench")
+
+        def extract_only() -> None:
+            with quiet():
+                upstream.prepare_conditionals(str(CLIP))
+
+        voicedb_first_audio(), upstream_first_audio()  # warm-up
+        ours, theirs = timed(voicedb_first_audio, args.repeats), timed(upstream_first_audio, args.repeats)
+        load, extract = timed(load_only, args.repeats * 3), timed(extract_only, args.repeats)
+        db.close()
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    print(f"device: {device}; clip {CLIP.name}; {args.tokens} speech tokens; median of {args.repeats}\n")
+    print(f"{'time to first audio':<44} | {'seconds':>8} | {'vs upstream':>11}")
+    print(f"{'upstream: prepare_conditionals + synthesis':<44} | {theirs:>8.2f} | {'1.00x':>11}")
+    print(f"{'voicedb speak: saved conditionals + synthesis':<44} | {ours:>8.2f} | {ours / theirs:>10.2f}x")
+    print(f"{'  conditionals only: upstream extraction':<44} | {extract:>8.3f} | {'1.00x':>11}")
+    print(f"{'  conditionals only: voicedb load':<44} | {load:>8.3f} | {load / extract:>10.3f}x")
+
+    cold_without, mb_without = enroll_seconds(args.checkpoint, args.device, with_t3=False)
+    cold_with, mb_with = enroll_seconds(args.checkpoint, args.device, with_t3=True)
+    print(f"\n{'cold enrollment of one voice':<44} | {'seconds':>8} | {'RSS MB':>8} | {'vs with T3':>10}")
+    print(f"{'with T3 loaded (as from_pretrained)':<44} | {cold_with:>8.2f} | {mb_with:>8.0f} | {'1.00x':>10}")
+    print(
+        f"{'voicedb add: voice encoder + S3Gen only':<44} | {cold_without:>8.2f} | {mb_without:>8.0f} | "
+        f"{cold_without / cold_with:>9.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
