@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run
+from conftest import run, run_fails
 
 
 def add(clip: Path, name: str, *extra: str) -> str:
@@ -42,3 +42,27 @@ def test_a_missing_kept_clip_is_reported_and_the_voice_is_never_deleted(home: Pa
     result = run("check", "--repair")
     assert result.exit_code == 1 and "is missing" in result.stdout
     assert [v["name"] for v in json.loads(run("list", "--json").stdout)] == ["alice"]
+
+
+def test_embeddings_from_another_encoder_are_refused_then_re_embedded_by_repair(
+    home: Path, speakers, checkpoint: Path, tmp_path: Path
+):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other-checkpoint"
+    other.mkdir()
+    for name in ("t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json"):
+        (other / name).symlink_to(checkpoint / name)
+    weights = load_file(str(checkpoint / "ve.safetensors"))
+    weights["proj.bias"] = weights["proj.bias"] + 0.01 * torch.ones_like(weights["proj.bias"])
+    save_file(weights, str(other / "ve.safetensors"))
+
+    clip = next(iter(speakers.values()))[0]
+    add(clip, "alice", "--no-conditionals")
+    line = run_fails("--checkpoint", str(other), "match", str(clip))
+    assert "another voice-encoder checkpoint" in line
+    repaired = run("--checkpoint", str(other), "check", "--repair")
+    assert repaired.exit_code == 0 and "another voice-encoder checkpoint" in repaired.stdout
+    hits = json.loads(run("--checkpoint", str(other), "match", str(clip), "--json").stdout)
+    assert hits[0]["name"] == "alice" and hits[0]["score"] > 0.99
