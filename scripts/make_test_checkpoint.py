@@ -99,18 +99,13 @@ WRITERS = {
 
 def make_test_checkpoint(directory: Path) -> Path:
     """Write every missing file of the test checkpoint into ``directory`` (atomically, one by one)."""
-    from voicedb.files import publish, temp_path_for
+    from voicedb.files import atomic_path
 
     for name in FILES:
         final = directory / name
-        if final.exists():
-            continue
-        scratch = temp_path_for(final)
-        try:
-            WRITERS[name](scratch)
-            publish(scratch, final)
-        finally:
-            scratch.unlink(missing_ok=True)
+        if not final.exists():
+            with atomic_path(final) as scratch:
+                WRITERS[name](scratch)
     return directory
 
 

@@ -6,9 +6,9 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 TEMP_SUFFIX = ".voicedb-tmp"
 _UMASK = os.umask(0o022)
@@ -53,30 +53,29 @@ def publish(temp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(handle)`` into a temp file beside it, fsync, then rename over it."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path`` to write to; on success it is fsynced and renamed over ``path``.
+
+    On any error (or a crash) ``path`` keeps its old content, or stays absent.
+    """
     temp = temp_path_for(path)
     try:
-        with open(temp, "wb") as handle:
-            write(handle)
+        yield temp
         publish(temp, path)
-    except BaseException:
+    finally:
         temp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(data))
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
 
 
 def atomic_copy(source: Path, destination: Path) -> None:
     """Copy a file's bytes so that ``destination`` is either absent or complete."""
-
-    def copy(handle: BinaryIO) -> None:
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, handle, 1 << 20)
-
-    atomic_write(destination, copy)
+    with atomic_path(destination) as temp:
+        shutil.copyfile(source, temp)
 
 
 def leftover_temp_files(directory: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .faults import crash_point
-from .files import atomic_write_bytes
+from .files import atomic_path, atomic_write_bytes
 from .store import EMBEDDING_DIM
 
 INDEX_FILE = "index.faiss"
@@ -62,7 +62,7 @@ class IndexFiles:
         if stamp is None or stamp["generation"] != generation or not self.index_path.exists():
             return None
         try:
-            index = faiss.deserialize_index(np.fromfile(self.index_path, dtype=np.uint8))
+            index = faiss.read_index(str(self.index_path))
         except (RuntimeError, OSError, ValueError):
             return None
         if index.ntotal != stamp["count"] or index.d != EMBEDDING_DIM:
@@ -73,7 +73,8 @@ class IndexFiles:
         """Write the index, then its stamp; a crash between the two only makes it look stale."""
         import faiss
 
-        atomic_write_bytes(self.index_path, faiss.serialize_index(index).tobytes())
+        with atomic_path(self.index_path) as temp:
+            faiss.write_index(index, str(temp))
         crash_point("index:written")
         atomic_write_bytes(self.stamp_path, json.dumps({"generation": generation, "count": index.ntotal}).encode())
 

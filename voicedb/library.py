@@ -36,7 +36,7 @@ from .errors import (
     VoiceNotFound,
 )
 from .faults import crash_point
-from .files import publish, sha256_file, temp_path_for
+from .files import atomic_copy, atomic_path, publish, sha256_file, temp_path_for
 from .index import IndexFiles, new_index, search
 from .records import AddResult, Match, Problem, SpeakResult, Voice
 from .store import ClipRow, ConditionalsRow, MetaRow, Store, VoiceRow, utcnow
@@ -527,14 +527,7 @@ class VoiceDB:
             relative = f"{CLIPS_DIR}/{clip.sha256}{clip.path.suffix.lower()}"
             target = self.home / relative
             if not target.exists():
-                temp = temp_path_for(target)
-                try:
-                    with open(clip.path, "rb") as source, open(temp, "wb") as handle:
-                        while chunk := source.read(1 << 20):
-                            handle.write(chunk)
-                    publish(temp, target)
-                finally:
-                    temp.unlink(missing_ok=True)
+                atomic_copy(clip.path, target)
             written[clip.sha256] = relative
         return written
 
@@ -713,12 +706,8 @@ class VoiceDB:
         output = Path(output)
         if not bundle:
             conds = self.load_conditionals(ref, model)
-            temp = temp_path_for(output.resolve())
-            try:
+            with atomic_path(output.resolve()) as temp:
                 conds.save(temp)
-                publish(temp, output)
-            finally:
-                temp.unlink(missing_ok=True)
             return output
         from .bundle import npy_bytes, write_bundle
 

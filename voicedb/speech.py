@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VoiceDBError
-from .files import publish, temp_path_for
+from .files import atomic_path
 
 #: Chatterbox stops at 1000 speech tokens (~40 s); ~300 characters of English stay well inside that.
 MAX_CHUNK_CHARS = 300
@@ -64,11 +64,8 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     """16-bit PCM WAV, written atomically so a crash never leaves half a file under ``path``."""
     import soundfile
 
-    temp = temp_path_for(path.resolve())
     try:
-        soundfile.write(str(temp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        publish(temp, path)
+        with atomic_path(path.resolve()) as temp:
+            soundfile.write(str(temp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     except OSError as exc:
         raise VoiceDBError(f"cannot write {path}: {exc.strerror or exc}.") from exc
-    finally:
-        temp.unlink(missing_ok=True)
