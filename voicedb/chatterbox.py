@@ -189,6 +189,32 @@ def _t3_depth(state: dict[str, Any]) -> int:
     return len(layers)
 
 
+def voice_encoder_class() -> type:
+    """Upstream's ``VoiceEncoder`` class, without running ``chatterbox/__init__``.
+
+    That ``__init__`` imports every TTS model (transformers, diffusers, perth: about 4 s and 600 MB),
+    while embedding and matching need only this small module of torch and librosa code. Its
+    unmodified source is imported under a private package name; once the full package is loaded
+    (synthesis, conditionals) the real module is used.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "chatterbox.models.voice_encoder" in sys.modules:
+        return sys.modules["chatterbox.models.voice_encoder"].VoiceEncoder
+    private = "_voicedb_chatterbox_voice_encoder"
+    if private not in sys.modules:
+        spec = importlib.util.find_spec("chatterbox")
+        if spec is None or not spec.submodule_search_locations:
+            raise CheckpointError("chatterbox-tts is not installed: pip install chatterbox-tts")
+        package = types.ModuleType(private)
+        package.__path__ = [str(Path(next(iter(spec.submodule_search_locations))) / "models" / "voice_encoder")]
+        sys.modules[private] = package
+    return importlib.import_module(f"{private}.voice_encoder").VoiceEncoder
+
+
 def _quick_fingerprint(path: Path) -> str:
     """Size plus hash of the first 4 MB: tells weight files apart without reading a gigabyte."""
     digest = hashlib.sha256(str(path.stat().st_size).encode())
@@ -280,8 +306,7 @@ class ChatterboxModels:
     @property
     def encoder(self):
         def load():
-            from chatterbox.models.voice_encoder import VoiceEncoder
-
+            VoiceEncoder = voice_encoder_class()  # noqa: N806 - a class
             path = self._ve_path()
             encoder = VoiceEncoder()
             _fit(encoder, _load_state(path), path)
