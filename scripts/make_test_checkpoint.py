@@ -10,6 +10,9 @@
   two Llama layers (hidden size 1024, which the Perceiver needs). Enough to prove that stored
   conditionals reach the model and a valid WAV comes out; the sound itself is noise.
 - ``tokenizer.json``: a character-level tokenizer with Chatterbox's special tokens.
+- the multilingual model's files in its own layout: ``ve.pt``, ``s3gen.pt`` (the same weights as
+  torch state dicts), ``t3_mtl23ls_v2.safetensors`` (a random 14-layer, narrow multilingual T3) and
+  ``grapheme_mtl_merged_expanded_v1.json`` (the character tokenizer plus language tokens).
 
 The Hugging Face hub is never contacted. Re-running on a complete directory does nothing.
 """
@@ -23,8 +26,23 @@ import string
 import sys
 from pathlib import Path
 
-FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json")
-T3_TEST_LAYERS = 2
+from voicedb.chatterbox import T3Shape
+
+FILES = (
+    # ChatterboxTTS (English)
+    "ve.safetensors",
+    "t3_cfg.safetensors",
+    "s3gen.safetensors",
+    "tokenizer.json",
+    # ChatterboxMultilingualTTS, which the official repository ships beside it as .pt files
+    "ve.pt",
+    "t3_mtl23ls_v2.safetensors",
+    "s3gen.pt",
+    "grapheme_mtl_merged_expanded_v1.json",
+)
+#: English: 2 Llama layers. Multilingual inference hooks the attention of layers 9, 12 and 13 (its
+#: alignment analyser), so that T3 keeps 14 layers with a narrow MLP instead (about 280 MB).
+T3_TEST_SHAPES = {"english": T3Shape(layers=2), "multilingual": T3Shape(layers=14, intermediate_size=256)}
 SEED = 1234
 
 
@@ -39,46 +57,52 @@ def resemblyzer_weights() -> Path:
     return path
 
 
-def write_voice_encoder(target: Path) -> None:
+def save_state(state: dict, target: Path, as_torch: bool) -> None:
+    """Safetensors, or (for the multilingual layout) a plain ``torch.save`` state dict."""
     import torch
     from safetensors.torch import save_file
+
+    state = {key: value.contiguous() for key, value in state.items()}
+    if as_torch:
+        torch.save(state, target)
+    else:
+        save_file(state, str(target))
+
+
+def voice_encoder_state() -> dict:
+    import torch
 
     state = torch.load(resemblyzer_weights(), map_location="cpu", weights_only=True)["model_state"]
-    renamed = {
-        key.replace("linear.", "proj.", 1) if key.startswith("linear.") else key: value.contiguous()
-        for key, value in state.items()
+    return {
+        key.replace("linear.", "proj.", 1) if key.startswith("linear.") else key: value for key, value in state.items()
     }
-    save_file(renamed, str(target))
 
 
-def write_t3(target: Path) -> None:
+def t3_state(flavour: str) -> dict:
     import torch
     from chatterbox.models.t3 import T3
-    from safetensors.torch import save_file
 
-    from voicedb.chatterbox import t3_config_for_depth
+    from voicedb.chatterbox import t3_config
 
     torch.manual_seed(SEED)
-    t3 = T3(t3_config_for_depth(T3_TEST_LAYERS))
-    save_file({k: v.contiguous() for k, v in t3.state_dict().items()}, str(target))
+    return T3(t3_config(flavour, T3_TEST_SHAPES[flavour])).state_dict()
 
 
-def write_s3gen(target: Path) -> None:
+def s3gen_state() -> dict:
     import torch
     from chatterbox.models.s3gen import S3Gen
-    from safetensors.torch import save_file
 
     torch.manual_seed(SEED)
-    s3gen = S3Gen()
-    state = {k: v.contiguous() for k, v in s3gen.state_dict().items()}
-    save_file(state, str(target))
+    return S3Gen().state_dict()
 
 
-def write_tokenizer(target: Path) -> None:
-    """A character-level BPE (no merges) with the special tokens ``EnTokenizer`` checks for."""
+def write_tokenizer(target: Path, languages: tuple[str, ...] = ()) -> None:
+    """A character-level BPE (no merges) with the special tokens ``EnTokenizer`` / ``MTLTokenizer`` check for
+    (and, for the multilingual one, the ``[fr]``-style language tokens it prepends)."""
     from tokenizers import Tokenizer, models
 
     specials = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]", "[START]"]
+    specials += [f"[{language}]" for language in languages]
     characters = string.ascii_letters + string.digits + string.punctuation + "'"
     vocab: dict[str, int] = {}
     for token in [*specials, *dict.fromkeys(characters)]:
@@ -89,11 +113,21 @@ def write_tokenizer(target: Path) -> None:
     json.loads(target.read_text())  # the file must be valid JSON for Tokenizer.from_file
 
 
+def multilingual_languages() -> tuple[str, ...]:
+    from chatterbox.mtl_tts import SUPPORTED_LANGUAGES
+
+    return tuple(sorted(SUPPORTED_LANGUAGES))
+
+
 WRITERS = {
-    "ve.safetensors": write_voice_encoder,
-    "t3_cfg.safetensors": write_t3,
-    "s3gen.safetensors": write_s3gen,
+    "ve.safetensors": lambda target: save_state(voice_encoder_state(), target, as_torch=False),
+    "t3_cfg.safetensors": lambda target: save_state(t3_state("english"), target, as_torch=False),
+    "s3gen.safetensors": lambda target: save_state(s3gen_state(), target, as_torch=False),
     "tokenizer.json": write_tokenizer,
+    "ve.pt": lambda target: save_state(voice_encoder_state(), target, as_torch=True),
+    "t3_mtl23ls_v2.safetensors": lambda target: save_state(t3_state("multilingual"), target, as_torch=False),
+    "s3gen.pt": lambda target: save_state(s3gen_state(), target, as_torch=True),
+    "grapheme_mtl_merged_expanded_v1.json": lambda target: write_tokenizer(target, multilingual_languages()),
 }
 
 

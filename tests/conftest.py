@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
@@ -89,3 +91,15 @@ def voicedb_process(*args: str, env: dict[str, str] | None = None, **kwargs) -> 
         env={**os.environ, **(env or {})},
         **kwargs,
     )
+
+
+def library_digest(home: Path) -> dict[str, str]:
+    """Byte-level fingerprint of every file in the library (WAL checkpointed first)."""
+    if (home / "voicedb.sqlite").exists():
+        with sqlite3.connect(home / "voicedb.sqlite") as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return {
+        str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(home.rglob("*"))
+        if p.is_file() and p.name != ".lock" and not p.name.endswith(("-wal", "-shm"))
+    }

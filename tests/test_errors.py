@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from conftest import run, run_fails
-
-
-def library_digest(home: Path) -> dict[str, str]:
-    """Byte-level fingerprint of every file in the library (WAL checkpointed first)."""
-    if (home / "voicedb.sqlite").exists():
-        with sqlite3.connect(home / "voicedb.sqlite") as con:
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return {
-        str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(home.rglob("*"))
-        if p.is_file() and p.name != ".lock" and not p.name.endswith(("-wal", "-shm"))
-    }
+from conftest import library_digest, run, run_fails
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import run, run_fails, voicedb_process
-from test_errors import library_digest
+from conftest import library_digest, run, run_fails, voicedb_process
 
 
 def voices(home: Path) -> list[dict]:
@@ -303,3 +302,24 @@ def test_warns_when_a_new_voice_nearly_duplicates_a_stored_one(home: Path, multi
     result = run("add", str(second), "--name", "copycat", "--no-conditionals")
     assert result.exit_code == 0
     assert "nearly duplicates voice" in result.stderr and "original" in result.stderr
+
+
+def degraded(source: Path, target: Path, kind: str) -> Path:
+    audio, rate = soundfile.read(str(source), dtype="float32")
+    if kind == "clipped":
+        audio = np.clip(audio * 20, -1.0, 1.0)
+    else:  # mostly silence: the speech, then three times as long of nothing
+        audio = np.concatenate([audio, np.zeros(3 * len(audio), np.float32)])
+    soundfile.write(str(target), audio, rate)
+    return target
+
+
+@pytest.mark.parametrize("kind,warning", [("clipped", "clipped"), ("silent", "mostly silence")])
+def test_clipped_or_mostly_silent_clips_warn_and_strict_refuses(home: Path, speakers, tmp_path: Path, kind, warning):
+    clip = degraded(next(iter(speakers.values()))[0], tmp_path / f"{kind}.wav", kind)
+    run("init")
+    before = library_digest(home)
+    assert warning in run_fails("add", str(clip), "--name", "x", "--strict", "--no-conditionals")
+    assert library_digest(home) == before
+    result = run("add", str(clip), "--name", "x", "--no-conditionals")
+    assert result.exit_code == 0 and warning in result.stderr

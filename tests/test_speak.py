@@ -106,3 +106,16 @@ def test_match_then_speak_in_one_go(two_voices, multi_clip_speakers, tmp_path: P
     result = run("match", str(query), "--speak", "Nice to meet you.", "-o", str(out), "--max-tokens", TOKENS)
     assert result.exit_code == 0, result.output
     assert out.is_file() and name in result.stdout
+
+
+def test_other_models_get_their_own_conditionals_derived_from_the_kept_audio(two_voices, tmp_path: Path):
+    name, original = next(iter(two_voices.items()))
+    original.unlink()
+    out = tmp_path / "fr.wav"
+    args = ["speak", "--voice", name, "Bonjour.", "-o", str(out), "--max-tokens", TOKENS, "--model", "multilingual"]
+    assert "needs --language" in run_fails(*args)
+    result = run(*args, "--language", "fr")
+    assert result.exit_code == 0, result.output
+    assert soundfile.info(str(out)).samplerate == 24_000
+    assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "multilingual"]
+    assert "English only" in run_fails("speak", "--voice", name, "Bonjour.", "--language", "fr")

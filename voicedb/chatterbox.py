@@ -152,12 +152,25 @@ def _fit(module: torch.nn.Module, state: dict[str, Any], path: Path, strict: boo
         raise CheckpointError(f"{path.name} does not fit {type(module).__name__}: wrong checkpoint.")
 
 
-def t3_config_for_depth(layers: int, flavour: str = DEFAULT_FLAVOUR):
-    """A T3Config of ``flavour`` whose transformer has ``layers`` layers (the official ones have 30 / 24).
+@dataclass(frozen=True)
+class T3Shape:
+    """The transformer sizes that vary between the official T3 weights and small test ones."""
 
-    The depth is read from the weights so that the official checkpoint and the small offline test
-    checkpoint load through the same code.
-    """
+    layers: int
+    intermediate_size: int | None = None  # Llama MLP width; None keeps the official value
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> T3Shape:
+        """Read the shape from T3 weights, so official and test checkpoints load through one path."""
+        layers = {key.split(".")[2] for key in state if key.startswith(("tfmr.layers.", "tfmr.h."))}
+        if not layers:
+            raise CheckpointError("the T3 weights hold no transformer layers: wrong checkpoint.")
+        gate = state.get("tfmr.layers.0.mlp.gate_proj.weight")
+        return cls(len(layers), int(gate.shape[0]) if gate is not None else None)
+
+
+def t3_config(flavour: str = DEFAULT_FLAVOUR, shape: T3Shape | None = None):
+    """Upstream's T3Config of ``flavour`` (as its ``from_local`` builds it), resized to ``shape``."""
     from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
     from chatterbox.models.t3.modules.t3_config import T3Config
 
@@ -173,20 +186,17 @@ def t3_config_for_depth(layers: int, flavour: str = DEFAULT_FLAVOUR):
         config.emotion_adv = False
     else:
         config = T3Config.english_only()
+    if shape is None:
+        return config
     base = LLAMA_CONFIGS[config.llama_config_name]
-    depth_key = "n_layer" if base.get("model_type") == "gpt2" else "num_hidden_layers"
-    if base[depth_key] != layers:
-        name = f"{config.llama_config_name}_{layers}layers"
-        LLAMA_CONFIGS.setdefault(name, {**base, depth_key: layers})
+    changes = {"n_layer" if base.get("model_type") == "gpt2" else "num_hidden_layers": shape.layers}
+    if shape.intermediate_size is not None and "intermediate_size" in base:
+        changes["intermediate_size"] = shape.intermediate_size
+    if any(base[key] != value for key, value in changes.items()):
+        name = f"{config.llama_config_name}_" + "_".join(f"{key}{value}" for key, value in changes.items())
+        LLAMA_CONFIGS.setdefault(name, {**base, **changes})
         config.llama_config_name = name
     return config
-
-
-def _t3_depth(state: dict[str, Any]) -> int:
-    layers = {key.split(".")[2] for key in state if key.startswith(("tfmr.layers.", "tfmr.h."))}
-    if not layers:
-        raise CheckpointError("the T3 weights hold no transformer layers: wrong checkpoint.")
-    return len(layers)
 
 
 def voice_encoder_class() -> type:
@@ -392,7 +402,7 @@ class ChatterboxModels:
             state = _load_state(path)
             if "model" in state:  # upstream's loaders accept this wrapped form too
                 state = state["model"][0]
-            model = T3(t3_config_for_depth(_t3_depth(state), flavour.name))
+            model = T3(t3_config(flavour.name, T3Shape.of(state)))
             _fit(model, state, path)
             if flavour.name == "turbo":
                 del model.tfmr.wte
@@ -413,7 +423,9 @@ class ChatterboxModels:
 
             path = self.checkpoint.file(flavour, flavour.tokenizer_file)
             try:
-                return (MTLTokenizer if flavour.name == "multilingual" else EnTokenizer)(str(path))
+                if flavour.name == "multilingual":
+                    return _multilingual_tokenizer(MTLTokenizer, path)
+                return EnTokenizer(str(path))
             except Exception as exc:  # noqa: BLE001 - a broken tokenizer file
                 raise CheckpointError(f"{path} is not a Chatterbox tokenizer ({exc}).") from exc
 
@@ -469,6 +481,12 @@ class ChatterboxModels:
         if flavour.name == "multilingual":
             from chatterbox.mtl_tts import punc_norm
 
+            language = (settings.language or "en").lower()
+            if language == "zh" and tokenizer.cangjie_converter.segmenter is None:
+                raise CheckpointError(
+                    "Chinese needs spacy-pkuseg's segmentation model, which it downloads from GitHub on first use; "
+                    "run once with internet access."
+                )
             text_tokens = tokenizer.text_to_tokens(punc_norm(text), language_id=(settings.language or "en").lower())
         else:
             from chatterbox.tts import punc_norm
@@ -509,6 +527,29 @@ class ChatterboxModels:
         speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB]
         silence = torch.tensor([S3GEN_SIL] * 3, dtype=torch.long, device=speech_tokens.device)
         return torch.cat([speech_tokens, silence])
+
+
+def _multilingual_tokenizer(tokenizer_class: type, path: Path) -> Any:
+    """``MTLTokenizer``, even offline.
+
+    Its Chinese word segmenter (spacy-pkuseg) downloads a model from GitHub when built, and upstream
+    only falls back when the package is missing, not when the download fails. Then we build it the
+    way upstream does without the package, so every language but Chinese still works.
+    """
+    import sys
+
+    try:
+        return tokenizer_class(str(path))
+    except OSError:  # requests' connection errors are OSErrors
+        saved = sys.modules.get("spacy_pkuseg")
+        sys.modules["spacy_pkuseg"] = None  # type: ignore[assignment] - makes the import fail
+        try:
+            return tokenizer_class(str(path))
+        finally:
+            if saved is None:
+                del sys.modules["spacy_pkuseg"]
+            else:
+                sys.modules["spacy_pkuseg"] = saved
 
 
 _SHARED: dict[tuple[Path | None, str], ChatterboxModels] = {}
