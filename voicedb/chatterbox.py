@@ -102,22 +102,19 @@ def flavour_named(name: str) -> Flavour:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet(keep_stderr: bool = False) -> Iterator[None]:
     """Keep third-party warnings, log lines, prints and progress bars off the user's terminal.
 
     Our own progress display writes to the real stderr it captured at start-up, so it still shows.
+    ``keep_stderr`` lets huggingface_hub's download progress through while weights load.
     """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     previous_disable = logging.root.manager.disable
     logging.disable(logging.WARNING)
+    stderr = contextlib.nullcontext() if keep_stderr else contextlib.redirect_stderr(io.StringIO())
     try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), stderr:
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -254,7 +251,8 @@ class Checkpoint:
         from huggingface_hub import hf_hub_download
 
         try:
-            with quiet():
+            with warnings.catch_warnings():  # huggingface_hub's own progress bar stays: a first download is long
+                warnings.simplefilter("ignore")
                 return Path(hf_hub_download(repo_id=flavour.repo_id, filename=name))
         except Exception as exc:  # noqa: BLE001 - network, auth and cache errors all end here
             raise CheckpointError(
@@ -270,7 +268,8 @@ class Checkpoint:
         from huggingface_hub import snapshot_download
 
         try:
-            with quiet():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 return Path(snapshot_download(repo_id=flavour.repo_id, allow_patterns=["*.json", "*.txt"]))
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"cannot get the {flavour.name} tokenizer from the Hugging Face hub.") from exc
@@ -300,7 +299,7 @@ class ChatterboxModels:
 
     def _cached(self, key: str, load) -> Any:
         if key not in self._modules:
-            with quiet():
+            with quiet(keep_stderr=True):
                 self._modules[key] = load()
         return self._modules[key]
 

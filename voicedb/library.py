@@ -433,39 +433,20 @@ class VoiceDB:
                 self.models.conditionals(flavour, reference.wav_24k, mean),
                 self.models.fingerprint(flavour),
             )
-        with self._writing():
-            with self.store.session() as session:
-                self._check_name_free(name, session)
-                voice_id = self._new_id(session)
-                written = self._write_clip_files(clips)
-                crash_point("add:clips-written")
-                row = VoiceRow(
-                    id=voice_id,
-                    name=name,
-                    tags=tags,
-                    embedding=mean.tobytes(),
-                    encoder=encoder,
-                    created_at=utcnow(),
-                    updated_at=utcnow(),
-                )
-                row.clips = [
-                    self._clip_row(clip, embedding, written[clip.sha256]) for clip, embedding in zip(clips, embeddings)
+
+        def attach(row: VoiceRow) -> None:
+            written = self._write_clip_files(clips)
+            crash_point("add:clips-written")
+            row.clips = [self._clip_row(clip, vector, written[clip.sha256]) for clip, vector in zip(clips, embeddings)]
+            if conds is not None:
+                reference, value, fingerprint = conds
+                row.conditionals = [
+                    self._write_conditionals(row.id, flavour.name, value, fingerprint, reference.sha256)
                 ]
-                if conds is not None:
-                    reference, value, fingerprint = conds
-                    row.conditionals = [
-                        self._write_conditionals(voice_id, flavour.name, value, fingerprint, reference.sha256)
-                    ]
-                    crash_point("add:conds-written")
-                session.add(row)
-                session.merge(MetaRow(key="encoder", value=encoder))
-                generation = self.store.bump_generation(session)
-                session.flush()
-                pk = row.pk
-                crash_point("add:before-commit")
-            crash_point("add:committed")
-            self._update_index(generation, add=[(pk, mean)])
-            return AddResult(self.get(voice_id), True, [c.path.name for c in clips], warnings)
+                crash_point("add:conds-written")
+
+        voice_id = self._insert_voice(name, tags, mean, encoder, attach, "add")
+        return AddResult(self.get(voice_id), True, [c.path.name for c in clips], warnings)
 
     def _extend_voice(
         self,
@@ -820,48 +801,62 @@ class VoiceDB:
         with self.store.session() as session:
             stored = session.get(MetaRow, "encoder")
         encoder = stored.value if stored else self.models.encoder_checksum
+
+        def attach(row: VoiceRow) -> None:
+            for clip in clips:
+                relative = f"{CLIPS_DIR}/{Path(clip['file']).name}"
+                atomic_write_bytes(self.home / relative, members[clip["file"]])
+                crash_point("import:clip-written")
+                row.clips.append(
+                    ClipRow(
+                        sha256=Path(clip["file"]).stem,
+                        file=relative,
+                        source_name=str(clip["source_name"]),
+                        duration_s=float(clip["duration_s"]),
+                        speech_s=float(clip["speech_s"]),
+                        sample_rate=int(clip["sample_rate"]),
+                        embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(),
+                        added_at=utcnow(),
+                    )
+                )
+            row.conditionals = [
+                self._write_conditionals(row.id, flavour, value, "imported", None) for flavour, value in conds.items()
+            ]
+            crash_point("import:conds-written")
+
+        return self.get(self._insert_voice(name, tags, mean, encoder, attach, "import"))
+
+    def _insert_voice(
+        self, name: str, tags: list[str], mean: np.ndarray, encoder: str, attach: Callable[[VoiceRow], None], phase: str
+    ) -> str:
+        """Commit a new voice and index it; returns its id.
+
+        Under the write lock, ``attach`` writes the voice's files and adds its clip and conditionals
+        rows before the single commit that makes the voice exist.
+        """
         with self._writing():
             with self.store.session() as session:
                 self._check_name_free(name, session)
-                voice_id = self._new_id(session)
+                now = utcnow()
                 row = VoiceRow(
-                    id=voice_id,
+                    id=self._new_id(session),
                     name=name,
                     tags=tags,
                     embedding=mean.tobytes(),
                     encoder=encoder,
-                    created_at=utcnow(),
-                    updated_at=utcnow(),
+                    created_at=now,
+                    updated_at=now,
                 )
-                for clip in clips:
-                    relative = f"{CLIPS_DIR}/{Path(clip['file']).name}"
-                    atomic_write_bytes(self.home / relative, members[clip["file"]])
-                    crash_point("import:clip-written")
-                    row.clips.append(
-                        ClipRow(
-                            sha256=Path(clip["file"]).stem,
-                            file=relative,
-                            source_name=str(clip["source_name"]),
-                            duration_s=float(clip["duration_s"]),
-                            speech_s=float(clip["speech_s"]),
-                            sample_rate=int(clip["sample_rate"]),
-                            embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(),
-                            added_at=utcnow(),
-                        )
-                    )
-                row.conditionals = [
-                    self._write_conditionals(voice_id, flavour, value, "imported", None)
-                    for flavour, value in conds.items()
-                ]
-                crash_point("import:conds-written")
+                attach(row)
                 session.add(row)
                 session.merge(MetaRow(key="encoder", value=encoder))
                 generation = self.store.bump_generation(session)
                 session.flush()
-                pk = row.pk
-            crash_point("import:committed")
+                pk, voice_id = row.pk, row.id
+                crash_point(f"{phase}:before-commit")
+            crash_point(f"{phase}:committed")
             self._update_index(generation, add=[(pk, mean)])
-        return self.get(voice_id)
+        return voice_id
 
     def export_all(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Back up every voice as a bundle in ``directory``, plus a ``backup.json`` of their checksums."""
