@@ -5,8 +5,8 @@
 >>> db.add(["alice.wav"], name="alice")  # doctest: +SKIP
 """
 
-from .errors import VoiceDBError
+from .errors import NoMatch, VoiceDBError
 from .library import VoiceDB
 from .records import AddResult, Match, Problem, SpeakResult, Voice
 
-__all__ = ["VoiceDB", "Voice", "Match", "AddResult", "SpeakResult", "Problem", "VoiceDBError"]
+__all__ = ["VoiceDB", "Voice", "Match", "AddResult", "SpeakResult", "Problem", "VoiceDBError", "NoMatch"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,11 +146,25 @@ def quality_warnings(clip: LoadedClip, min_seconds: float = 0.0) -> list[str]:
     return found
 
 
-def best_reference(clips: Sequence[LoadedClip]) -> LoadedClip:
-    """The clip whose audio conditions synthesis: the one with the most speech and no clipping.
+def reference_rank(clip: LoadedClip) -> tuple[bool, float]:
+    """How well a clip serves as the voice's conditioning reference; higher is better.
 
-    Chatterbox uses the first 6 s (prompt tokens) and 10 s (S3Gen reference) of one clip, so the
-    clip with the most actual speech fills those windows best; a clipped clip loses to any clean one.
+    Chatterbox conditions on the first 6 s (prompt tokens) and 10 s (S3Gen reference) of one clip,
+    so the clip with the most actual speech fills those windows best; a clipped clip loses to any
+    clean one.
     """
+    return clip.clipped_fraction <= CLIPPED_FRACTION, clip.speech_s
 
-    return max(clips, key=lambda clip: (clip.clipped_fraction <= CLIPPED_FRACTION, clip.speech_s))
+
+class BestReference:
+    """Keeps the audio of the best reference clip offered so far and drops the others' audio, so that
+    enrolling a folder of long clips holds one clip's samples at a time."""
+
+    def __init__(self) -> None:
+        self.clip: LoadedClip | None = None
+
+    def offer(self, clip: LoadedClip) -> None:
+        if self.clip is None or reference_rank(clip) > reference_rank(self.clip):
+            clip, self.clip = self.clip, clip
+        if clip is not None:
+            clip.wav_24k = clip.wav_24k[:0]

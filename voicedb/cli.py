@@ -401,7 +401,9 @@ def export(
         return
     if voice is None:
         raise click.UsageError("give a VOICE, or --all DIR.")
-    target = output or Path(f"{db.get(voice).name}.{'voicedb' if bundle else 'pt'}")
+    from .library import file_stem
+
+    target = output or Path(f"{file_stem(db.get(voice).name)}.{'voicedb' if bundle else 'pt'}")
     path = db.export(voice, target, model=model, bundle=bundle)
     click.echo(f"wrote {path}")
 

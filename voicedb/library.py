@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from . import config
-from .audio import LoadedClip, best_reference, expand_audio_paths, load_clip
+from .audio import BestReference, LoadedClip, expand_audio_paths, load_clip
 from .errors import (
     AmbiguousVoice,
     DuplicateClip,
@@ -350,6 +350,8 @@ class VoiceDB:
             self._check_name_free(name)
         known = self._known_hashes()
         clips: list[LoadedClip] = []
+        embeddings: list[np.ndarray] = []
+        reference = BestReference()
         for done, file in enumerate(files):
             if progress:
                 progress(done, len(files), file.name)
@@ -358,15 +360,24 @@ class VoiceDB:
                 raise DuplicateClip(f"{file}: this exact recording is already enrolled in voice {known[clip.sha256]}.")
             if any(c.sha256 == clip.sha256 for c in clips):
                 continue  # the same file given twice
+            embeddings.append(self.models.embed(clip.wav_16k))
             clips.append(clip)
-        embeddings = [self.models.embed(clip.wav_16k) for clip in clips]
+            reference.offer(clip)
         if progress:
             progress(len(files), len(files), "saving")
         encoder = self.models.encoder_checksum
         warnings = [w for clip in clips for w in clip.warnings]
         if voice is None:
             result = self._create_voice(
-                name, list(tags), clips, embeddings, encoder, flavour, conditionals, warnings, strict
+                name,
+                list(tags),
+                clips,
+                embeddings,
+                encoder,
+                flavour,
+                reference.clip if conditionals else None,
+                warnings,
+                strict,
             )
         else:
             result = self._extend_voice(voice, list(tags), clips, embeddings, encoder, warnings, strict)
@@ -416,30 +427,26 @@ class VoiceDB:
         embeddings: list[np.ndarray],
         encoder: str,
         flavour,
-        with_conditionals: bool,
+        reference: LoadedClip | None,
         warnings: list[str],
         strict: bool,
     ) -> AddResult:
+        """Commit a new voice; with a ``reference`` clip its conditionals are computed from it and saved."""
         mean = mean_embedding(embeddings)
         self._check_encoder_consistent(encoder)
         warnings = warnings + self._similarity_warnings(clips, embeddings, mean)
         if strict and warnings:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
         conds = None
-        if with_conditionals:
-            reference = best_reference(clips)
-            conds = (
-                reference,
-                self.models.conditionals(flavour, reference.wav_24k, mean),
-                self.models.fingerprint(flavour),
-            )
+        if reference is not None:
+            conds = self.models.conditionals(flavour, reference.wav_24k, mean), self.models.fingerprint(flavour)
 
         def attach(row: VoiceRow) -> None:
             written = self._write_clip_files(clips)
             crash_point("add:clips-written")
             row.clips = [self._clip_row(clip, vector, written[clip.sha256]) for clip, vector in zip(clips, embeddings)]
             if conds is not None:
-                reference, value, fingerprint = conds
+                value, fingerprint = conds
                 row.conditionals = [
                     self._write_conditionals(row.id, flavour.name, value, fingerprint, reference.sha256)
                 ]
@@ -564,15 +571,15 @@ class VoiceDB:
         available = [path for path, _ in kept if path.exists()]
         if not available:
             raise LibraryError(f"voice {voice_id} has no kept reference audio to derive {model} conditionals from.")
-        loaded = []
+        best = BestReference()
         for path in available:
             try:
-                loaded.append(load_clip(path, flavour.min_seconds))
+                best.offer(load_clip(path, flavour.min_seconds))
             except AudioError:
                 continue
-        if not loaded:
+        reference = best.clip
+        if reference is None:
             raise LibraryError(f"the kept reference audio of voice {voice_id} is unreadable; re-add the voice's clips.")
-        reference = best_reference(loaded)
         value = self.models.conditionals(flavour, reference.wav_24k, mean)
         fingerprint = self.models.fingerprint(flavour)
         with self._writing():
@@ -945,9 +952,14 @@ def default_name(paths: Sequence[str | os.PathLike[str]], files: Sequence[Path])
     return files[0].stem
 
 
+def file_stem(voice_name: str) -> str:
+    """A voice name made safe as a file name: no separators, no leading dot."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", voice_name).strip("-.") or "voice"
+
+
 def default_output_name(voice_name: str) -> Path:
     """``<voice>-<UTC time>.wav`` in the working directory, never overwriting a file."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", voice_name).strip("-.") or "voice"
+    slug = file_stem(voice_name)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     candidate, n = Path(f"{slug}-{stamp}.wav"), 1
     while candidate.exists():
