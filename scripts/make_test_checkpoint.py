@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Write an offline Chatterbox test checkpoint in the official file layout.
 
-    python scripts/make_test_checkpoint.py DIR
+    python scripts/make_test_checkpoint.py DIR            # ResembleAI/chatterbox layout
+    python scripts/make_test_checkpoint.py --turbo DIR    # ResembleAI/chatterbox-turbo layout
 
 - ``ve.safetensors``: a real, trained speaker encoder -- Resemblyzer's ``pretrained.pt`` (Apache-2.0,
   shipped in the ``resemblyzer`` wheel), whose weights fit Chatterbox's ``VoiceEncoder`` once
@@ -13,6 +14,10 @@
 - the multilingual model's files in its own layout: ``ve.pt``, ``s3gen.pt`` (the same weights as
   torch state dicts), ``t3_mtl23ls_v2.safetensors`` (a random 14-layer, narrow multilingual T3) and
   ``grapheme_mtl_merged_expanded_v1.json`` (the character tokenizer plus language tokens).
+- with ``--turbo``, Turbo's own repository layout (its ``tokenizer.json`` is a GPT-2 style file that
+  would clash with the English one): the same ``ve.safetensors``, a random 2-layer GPT-2
+  ``t3_turbo_v1.safetensors``, a random mean-flow ``s3gen_meanflow.safetensors`` and a byte-level
+  tokenizer with its ``tokenizer_config.json``.
 
 The Hugging Face hub is never contacted. Re-running on a complete directory does nothing.
 """
@@ -42,7 +47,11 @@ FILES = (
 )
 #: English: 2 Llama layers. Multilingual inference hooks the attention of layers 9, 12 and 13 (its
 #: alignment analyser), so that T3 keeps 14 layers with a narrow MLP instead (about 280 MB).
-T3_TEST_SHAPES = {"english": T3Shape(layers=2), "multilingual": T3Shape(layers=14, intermediate_size=256)}
+T3_TEST_SHAPES = {
+    "english": T3Shape(layers=2),
+    "multilingual": T3Shape(layers=14, intermediate_size=256),
+    "turbo": T3Shape(layers=2),
+}
 SEED = 1234
 
 
@@ -88,12 +97,12 @@ def t3_state(flavour: str) -> dict:
     return T3(t3_config(flavour, T3_TEST_SHAPES[flavour])).state_dict()
 
 
-def s3gen_state() -> dict:
+def s3gen_state(meanflow: bool = False) -> dict:
     import torch
     from chatterbox.models.s3gen import S3Gen
 
     torch.manual_seed(SEED)
-    return S3Gen().state_dict()
+    return S3Gen(meanflow=meanflow).state_dict()
 
 
 def write_tokenizer(target: Path, languages: tuple[str, ...] = ()) -> None:
@@ -119,6 +128,30 @@ def multilingual_languages() -> tuple[str, ...]:
     return tuple(sorted(SUPPORTED_LANGUAGES))
 
 
+def write_turbo_tokenizer(target: Path) -> None:
+    """A byte-level BPE without merges as a GPT-2 style fast tokenizer: ``AutoTokenizer`` loads it from
+    the directory through ``tokenizer_config.json``, as it loads Turbo's real GPT-2 tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: n for n, token in enumerate(sorted(alphabet))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    tokenizer.save(str(target.parent / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "GPT2TokenizerFast",
+        "eos_token": "<|endoftext|>",
+        "bos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "model_max_length": 8196,
+    }
+    target.write_text(json.dumps(config))
+
+
+TURBO_FILES = ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors", "tokenizer_config.json")
+
 WRITERS = {
     "ve.safetensors": lambda target: save_state(voice_encoder_state(), target, as_torch=False),
     "t3_cfg.safetensors": lambda target: save_state(t3_state("english"), target, as_torch=False),
@@ -128,14 +161,18 @@ WRITERS = {
     "t3_mtl23ls_v2.safetensors": lambda target: save_state(t3_state("multilingual"), target, as_torch=False),
     "s3gen.pt": lambda target: save_state(s3gen_state(), target, as_torch=True),
     "grapheme_mtl_merged_expanded_v1.json": lambda target: write_tokenizer(target, multilingual_languages()),
+    # ChatterboxTurboTTS, a repository of its own
+    "t3_turbo_v1.safetensors": lambda target: save_state(t3_state("turbo"), target, as_torch=False),
+    "s3gen_meanflow.safetensors": lambda target: save_state(s3gen_state(meanflow=True), target, as_torch=False),
+    "tokenizer_config.json": write_turbo_tokenizer,
 }
 
 
-def make_test_checkpoint(directory: Path) -> Path:
+def make_test_checkpoint(directory: Path, turbo: bool = False) -> Path:
     """Write every missing file of the test checkpoint into ``directory`` (atomically, one by one)."""
     from voicedb.files import atomic_path
 
-    for name in FILES:
+    for name in TURBO_FILES if turbo else FILES:
         final = directory / name
         if not final.exists():
             with atomic_path(final) as scratch:
@@ -146,9 +183,10 @@ def make_test_checkpoint(directory: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="where to write the checkpoint files")
+    parser.add_argument("--turbo", action="store_true", help="write the Turbo model's repository layout instead")
     args = parser.parse_args()
-    path = make_test_checkpoint(args.directory)
-    for name in FILES:
+    path = make_test_checkpoint(args.directory, turbo=args.turbo)
+    for name in TURBO_FILES if args.turbo else FILES:
         print(f"{(path / name).stat().st_size / 1e6:9.1f} MB  {path / name}")
 
 

@@ -32,6 +32,15 @@ def checkpoint(request: pytest.FixtureRequest) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def turbo_checkpoint(request: pytest.FixtureRequest) -> Path:
+    """The Turbo model's offline test checkpoint: a repository layout of its own, like the official one."""
+    directory = Path(request.config.cache.mkdir("voicedb-test-checkpoint-turbo"))
+    script = str(ROOT / "scripts" / "make_test_checkpoint.py")
+    subprocess.run([sys.executable, script, "--turbo", str(directory)], check=True, capture_output=True)
+    return directory
+
+
 @pytest.fixture
 def home(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty library for each test, with the test checkpoint configured through the environment."""

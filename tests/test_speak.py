@@ -119,3 +119,30 @@ def test_other_models_get_their_own_conditionals_derived_from_the_kept_audio(two
     assert soundfile.info(str(out)).samplerate == 24_000
     assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "multilingual"]
     assert "English only" in run_fails("speak", "--voice", name, "Bonjour.", "--language", "fr")
+
+
+def test_turbo_speaks_from_its_own_checkpoint_with_conditionals_derived_for_it(
+    two_voices, turbo_checkpoint: Path, tmp_path: Path
+):
+    name = next(iter(two_voices))
+    out = tmp_path / "turbo.wav"
+    result = run(
+        "--checkpoint",
+        str(turbo_checkpoint),
+        "speak",
+        "--voice",
+        name,
+        "Hi there.",
+        "--model",
+        "turbo",
+        "-o",
+        str(out),
+        "--max-tokens",
+        TOKENS,
+        "--seed",
+        "3",
+    )
+    assert result.exit_code == 0, result.output
+    audio, rate = soundfile.read(str(out), dtype="float32")
+    assert rate == 24_000 and np.isfinite(audio).all() and len(audio) > 0
+    assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "turbo"]
