@@ -327,3 +327,18 @@ def test_clipped_or_mostly_silent_clips_warn_and_strict_refuses(home: Path, spea
     assert library_digest(home) == before
     result = run("add", str(clip), "--name", "x", "--no-conditionals")
     assert result.exit_code == 0 and warning in result.stderr
+
+
+def test_stress_script_kills_adds_at_random_moments_and_loses_nothing(checkpoint: Path):
+    script = Path(__file__).resolve().parent.parent / "scripts" / "stress.py"
+    args = [sys.executable, str(script), str(checkpoint), "--runs", "8", "--processes", "2", "--adds", "2"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {
+        line.split("|")[0].strip(): [cell.strip() for cell in line.split("|")[1:]]
+        for line in done.stdout.splitlines()
+        if line.startswith(("crash", "concurrency"))
+    }
+    runs, kills, expected, found, lost, inconsistent = map(int, rows["crash"])
+    assert runs == 8 and lost == 0 and inconsistent == 0 and found >= expected, done.stdout
+    assert rows["concurrency"][-2:] == ["0", "0"], done.stdout

@@ -136,7 +136,6 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = FULL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
@@ -156,14 +155,23 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade_to_head(engine: Engine) -> None:
-    """Run every pending Alembic migration on ``engine``'s database."""
+    """Switch the database to WAL mode, then run every pending Alembic migration, in one transaction.
+
+    WAL mode is a persistent property of the file, set here once under the caller's write lock:
+    switching it on every connection races when several processes open a new library at once.
+    """
     from alembic import command
     from alembic.config import Config
 
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
     from .faults import crash_point
 
+    raw = engine.raw_connection()
+    try:
+        raw.cursor().execute("PRAGMA journal_mode = WAL")
+    finally:
+        raw.close()
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
