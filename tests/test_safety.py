@@ -342,3 +342,14 @@ def test_stress_script_kills_adds_at_random_moments_and_loses_nothing(checkpoint
     runs, kills, expected, found, lost, inconsistent = map(int, rows["crash"])
     assert runs == 8 and lost == 0 and inconsistent == 0 and found >= expected, done.stdout
     assert rows["concurrency"][-2:] == ["0", "0"], done.stdout
+
+
+def test_adding_another_speakers_clip_to_a_voice_warns_and_strict_refuses(home: Path, multi_clip_speakers, speakers):
+    (speaker, clips), (other, other_clips) = list(multi_clip_speakers.items())[:2]
+    assert run("add", str(clips[0]), "--name", speaker, "--no-conditionals").exit_code == 0
+    same = run("add", str(clips[1]), "--voice", speaker)
+    assert same.exit_code == 0 and "another speaker" not in same.stderr
+    before = library_digest(home)
+    line = run_fails("add", str(other_clips[0]), "--voice", speaker, "--strict")
+    assert other_clips[0].name in line and "another speaker" in line
+    assert library_digest(home) == before

@@ -290,7 +290,7 @@ class VoiceDB:
         is left: the clip is an unknown speaker.
         """
         vector = self.embed_file(path)
-        self._check_encoder()
+        self._check_encoder(self.models.encoder_checksum)
         return self.match_vector(vector, k=k, threshold=threshold)
 
     def match_vector(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Match]:
@@ -311,11 +311,11 @@ class VoiceDB:
             matches = kept
         return matches
 
-    def _check_encoder(self) -> None:
-        """Refuse to compare embeddings from two different voice encoders."""
+    def _check_encoder(self, encoder: str) -> None:
+        """Refuse to compare or mix embeddings from two different voice encoders (``encoder``: its SHA-256)."""
         with self.store.session() as session:
             stored = session.get(MetaRow, "encoder")
-        if stored is not None and stored.value != self.models.encoder_checksum:
+        if stored is not None and stored.value != encoder:
             raise LibraryError(
                 "the library's embeddings come from another voice-encoder checkpoint; "
                 "run `voicedb check --repair` to re-embed them with this one."
@@ -402,13 +402,15 @@ class VoiceDB:
         clips: Sequence[LoadedClip],
         embeddings: Sequence[np.ndarray],
         mean: np.ndarray,
+        stored: Sequence[np.ndarray] = (),
         exclude_id: str | None = None,
     ) -> list[str]:
-        """Clips that sound like another speaker, and stored voices the new one nearly duplicates."""
+        """New clips that sound like another speaker than the voice's other clips (``stored`` ones and the
+        other new ones), and stored voices the resulting voice nearly duplicates."""
         found = []
-        if len(embeddings) > 1:
-            for n, (clip, embedding) in enumerate(zip(clips, embeddings)):
-                others = mean_embedding([e for m, e in enumerate(embeddings) if m != n])
+        if len(stored) + len(embeddings) > 1:
+            for n, (clip, embedding) in enumerate(zip(clips, embeddings, strict=True)):
+                others = mean_embedding([*stored, *(e for m, e in enumerate(embeddings) if m != n)])
                 score = float(embedding @ others)
                 if score < config.DEFAULT_THRESHOLD:
                     found.append(
@@ -433,7 +435,7 @@ class VoiceDB:
     ) -> AddResult:
         """Commit a new voice; with a ``reference`` clip its conditionals are computed from it and saved."""
         mean = mean_embedding(embeddings)
-        self._check_encoder_consistent(encoder)
+        self._check_encoder(encoder)
         warnings = warnings + self._similarity_warnings(clips, embeddings, mean)
         if strict and warnings:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
@@ -471,8 +473,8 @@ class VoiceDB:
             old = [clip.vector for clip in row.clips]
             flavours = [c.flavour for c in row.conditionals]
         mean = mean_embedding(old + embeddings)
-        self._check_encoder_consistent(encoder)
-        warnings = warnings + self._similarity_warnings(clips, old + embeddings, mean, exclude_id=voice_id)
+        self._check_encoder(encoder)
+        warnings = warnings + self._similarity_warnings(clips, embeddings, mean, stored=old, exclude_id=voice_id)
         if strict and warnings:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
         with self._writing():
@@ -490,15 +492,6 @@ class VoiceDB:
             for flavour in flavours:  # the mean moved and the best clip may have changed
                 self._derive_conditionals(voice_id, flavour)
         return AddResult(self.get(voice_id), False, [c.path.name for c in clips], warnings)
-
-    def _check_encoder_consistent(self, encoder: str) -> None:
-        with self.store.session() as session:
-            stored = session.get(MetaRow, "encoder")
-        if stored is not None and stored.value != encoder:
-            raise LibraryError(
-                "this checkpoint's voice encoder differs from the one the library was built with; "
-                "run `voicedb check --repair` to re-embed the library first."
-            )
 
     @staticmethod
     def _new_id(session: Session) -> str:
