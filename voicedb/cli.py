@@ -99,6 +99,11 @@ def cli(ctx: click.Context, home: Path | None, checkpoint: Path | None) -> None:
     voicedb add alice1.wav alice2.wav --name alice
     voicedb match unknown.wav
     voicedb speak --voice alice "Hello there." -o hello.wav
+
+    \b
+    Environment: VOICEDB_HOME (library directory), VOICEDB_CHECKPOINT (local
+    checkpoint directory), VOICEDB_DEVICE (torch device, default cuda if
+    available, else cpu), HF_HUB_OFFLINE / HF_HOME (Hugging Face hub cache).
     """
     ctx.ensure_object(dict)
     ctx.obj.update(home=home, checkpoint=checkpoint)
