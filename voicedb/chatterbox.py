@@ -284,9 +284,15 @@ class SynthesisSettings:
     temperature: float = 0.8
     max_tokens: int = 1000
     language: str | None = None
-    repetition_penalty: float = 1.2
+    repetition_penalty: float | None = None  # None: the flavour's upstream default
     min_p: float = 0.05
     top_p: float = 1.0
+
+    def repetition_penalty_for(self, flavour: Flavour) -> float:
+        """Upstream's default differs by model: 2.0 for the multilingual one, 1.2 for the others."""
+        if self.repetition_penalty is not None:
+            return self.repetition_penalty
+        return 2.0 if flavour.name == "multilingual" else 1.2
 
 
 class ChatterboxModels:
@@ -448,7 +454,6 @@ class ChatterboxModels:
         Mirrors upstream ``generate`` step for step, with ``max_new_tokens`` under our control.
         """
         import torch
-        import torch.nn.functional as F
 
         t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
         conds = conds.to(self.device)
@@ -464,7 +469,7 @@ class ChatterboxModels:
             if flavour.name == "turbo":
                 speech_tokens = self._turbo_tokens(t3, tokenizer, conds, text, settings)
             else:
-                speech_tokens = self._t3_tokens(flavour, t3, tokenizer, conds, text, settings, F)
+                speech_tokens = self._t3_tokens(flavour, t3, tokenizer, conds, text, settings)
             wav, _ = s3gen.inference(
                 speech_tokens=speech_tokens.to(self.device),
                 ref_dict=conds.gen,
@@ -473,8 +478,10 @@ class ChatterboxModels:
             wav = wav.squeeze(0).detach().cpu().numpy()
             return np.asarray(self.watermarker().apply_watermark(wav, sample_rate=S3GEN_SR), dtype=np.float32)
 
-    def _t3_tokens(self, flavour, t3, tokenizer, conds, text, settings, F):
+    def _t3_tokens(self, flavour: Flavour, t3, tokenizer, conds, text: str, settings: SynthesisSettings):
+        """Speech tokens from the Llama T3, as upstream ``ChatterboxTTS`` / ``ChatterboxMultilingualTTS.generate``."""
         import torch
+        import torch.nn.functional as F
         from chatterbox.models.s3tokenizer import drop_invalid_tokens
 
         if flavour.name == "multilingual":
@@ -486,13 +493,13 @@ class ChatterboxModels:
                     "Chinese needs spacy-pkuseg's segmentation model, which it downloads from GitHub on first use; "
                     "run once with internet access."
                 )
-            text_tokens = tokenizer.text_to_tokens(punc_norm(text), language_id=(settings.language or "en").lower())
+            text_tokens = tokenizer.text_to_tokens(punc_norm(text), language_id=language)
         else:
             from chatterbox.tts import punc_norm
 
             text_tokens = tokenizer.text_to_tokens(punc_norm(text))
         text_tokens = text_tokens.to(self.device)
-        if settings.cfg_weight > 0.0:
+        if settings.cfg_weight > 0.0 or flavour.name == "multilingual":  # upstream multilingual always pairs them
             text_tokens = torch.cat([text_tokens, text_tokens], dim=0)
         text_tokens = F.pad(text_tokens, (1, 0), value=t3.hp.start_text_token)
         text_tokens = F.pad(text_tokens, (0, 1), value=t3.hp.stop_text_token)
@@ -502,14 +509,15 @@ class ChatterboxModels:
             max_new_tokens=settings.max_tokens,
             temperature=settings.temperature,
             cfg_weight=settings.cfg_weight,
-            repetition_penalty=settings.repetition_penalty,
+            repetition_penalty=settings.repetition_penalty_for(flavour),
             min_p=settings.min_p,
             top_p=settings.top_p,
         )[0]
         speech_tokens = drop_invalid_tokens(speech_tokens)
         return speech_tokens[speech_tokens < SPEECH_VOCAB]
 
-    def _turbo_tokens(self, t3, tokenizer, conds, text, settings):
+    def _turbo_tokens(self, t3, tokenizer, conds, text: str, settings: SynthesisSettings):
+        """Speech tokens from Turbo's GPT-2 T3, as upstream ``ChatterboxTurboTTS.generate`` (no CFG or exaggeration)."""
         import torch
         from chatterbox.models.s3gen.const import S3GEN_SIL
         from chatterbox.tts_turbo import punc_norm
@@ -520,7 +528,7 @@ class ChatterboxModels:
             text_tokens=text_tokens.input_ids.to(self.device),
             temperature=settings.temperature,
             top_p=0.95,
-            repetition_penalty=settings.repetition_penalty,
+            repetition_penalty=settings.repetition_penalty_for(FLAVOURS["turbo"]),
             max_gen_len=settings.max_tokens,
         )
         speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB]

@@ -261,7 +261,10 @@ class VoiceDB:
         self, generation: int, add: Iterable[tuple[int, np.ndarray]] = (), remove: Iterable[int] = ()
     ) -> None:
         """Apply one committed change to the saved index (caller holds the write lock)."""
-        index = self.index_files.load(generation - 1)
+        if self._index is not None and self._index_generation == generation - 1:
+            index = self._index  # already loaded, e.g. by the near-duplicate check of this add
+        else:
+            index = self.index_files.load(generation - 1)
         if index is None:  # stale or missing: rebuild from the truth
             with self.store.session() as session:
                 index = new_index(*self.store.all_vectors(session))
