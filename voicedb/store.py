@@ -8,6 +8,7 @@ already at the head revision, so opening an up-to-date library stays fast.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ from .errors import LibraryError
 SCHEMA_HEAD = "0001_initial"
 EMBEDDING_DIM = 256
 BUSY_TIMEOUT_MS = 30_000
+WAL_ATTEMPTS = 100
 
 
 def utcnow() -> dt.datetime:
@@ -167,7 +169,10 @@ def upgrade_to_head(engine: Engine) -> None:
 
     raw = engine.raw_connection()
     try:
-        raw.cursor().execute("PRAGMA journal_mode = WAL")
+        for _ in range(WAL_ATTEMPTS):  # a reader opening the new library at this moment makes the switch fail
+            if raw.cursor().execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                break
+            time.sleep(0.1)
     finally:
         raw.close()
     config = Config()
