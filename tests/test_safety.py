@@ -353,3 +353,31 @@ def test_adding_another_speakers_clip_to_a_voice_warns_and_strict_refuses(home: 
     line = run_fails("add", str(other_clips[0]), "--voice", speaker, "--strict")
     assert other_clips[0].name in line and "another speaker" in line
     assert library_digest(home) == before
+
+
+def test_a_restore_that_fails_halfway_takes_back_what_it_restored(home: Path, speakers, tmp_path: Path):
+    import hashlib
+
+    clip = next(iter(speakers.values()))[0]
+    run("add", str(clip), "--name", "alice", "--no-conditionals")
+    backup = tmp_path / "backup"
+    assert run("export", "--all", str(backup)).exit_code == 0
+    original = next(backup.glob("*.voicedb"))
+
+    def rename_voice(members: dict) -> dict:
+        manifest = json.loads(members["manifest.json"])
+        manifest["voice"]["name"] = "alice-copy"
+        return {**members, "manifest.json": json.dumps(manifest).encode()}
+
+    copy = rewrite_bundle(original, backup / "zz-copy.voicedb", rename_voice)  # same clip: fails on import
+    index = json.loads((backup / "backup.json").read_text())
+    index["bundles"][copy.name] = hashlib.sha256(copy.read_bytes()).hexdigest()
+    (backup / "backup.json").write_text(json.dumps(index))
+
+    run("rm", "alice")
+    run("check", "--repair")
+    before = library_digest(home)
+    assert "already enrolled" in run_fails("import", "--all", str(backup))
+    assert voices(home) == []
+    assert run("check").exit_code == 0
+    assert library_digest(home).keys() == before.keys()

@@ -879,7 +879,8 @@ class VoiceDB:
         return written
 
     def import_all(self, directory: str | os.PathLike[str]) -> list[Voice]:
-        """Restore a backup made by ``export_all``; every checksum and name is verified before any import."""
+        """Restore a backup made by ``export_all``: every checksum and name is verified before any import,
+        and if one import still fails, the voices already restored are removed again."""
         import json
 
         from .errors import ImportRejected
@@ -900,7 +901,15 @@ class VoiceDB:
             names.append(read_bundle(path).manifest["voice"]["name"])
         for name in names:
             self._check_name_free(check_name(name))
-        return [self.import_file(directory / Path(file_name).name) for file_name in bundles]
+        imported: list[Voice] = []
+        try:
+            for file_name in bundles:
+                imported.append(self.import_file(directory / Path(file_name).name))
+        except BaseException:
+            for voice in imported:  # all or nothing: take back what this restore added
+                self.remove(voice.id)
+            raise
+        return imported
 
     # -- checking -----------------------------------------------------------------------------
     def check(self, repair: bool = False) -> list[Problem]:
