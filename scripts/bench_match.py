@@ -19,30 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import median_seconds, rss_mb
 
 DIM = 256
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def random_unit_vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -103,19 +88,19 @@ def bench_size(n: int, repeats: int) -> dict[str, float]:
         start = time.perf_counter()
         db._current_index()  # noqa: SLF001
         row["load_s"] = time.perf_counter() - start
-        row["voicedb_ms"] = median_ms(lambda: db.match_vector(query, k=5), repeats)
+        row["voicedb_ms"] = median_seconds(lambda: db.match_vector(query, k=5), repeats) * 1000
         db.close()
 
     flat = faiss.IndexFlatIP(DIM)
     flat.add(vectors)
-    row["faiss_ms"] = median_ms(lambda: flat.search(query.reshape(1, -1), 5), repeats)
+    row["faiss_ms"] = median_seconds(lambda: flat.search(query.reshape(1, -1), 5), repeats) * 1000
 
     def numpy_top5() -> np.ndarray:
         scores = vectors @ query
         top = np.argpartition(-scores, 5)[:5]
         return top[np.argsort(-scores[top])]
 
-    row["numpy_ms"] = median_ms(numpy_top5, repeats)
+    row["numpy_ms"] = median_seconds(numpy_top5, repeats) * 1000
     row["numpy_mb"] = vectors.nbytes / 1e6
     return row
 

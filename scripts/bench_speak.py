@@ -23,30 +23,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchutil import median_seconds
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 CLIP = SPEECH / "ami_fee083_1.flac"
 TEXT = "The quick brown fox jumps over the lazy dog."
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 ENROLL = """
@@ -120,9 +106,9 @@ def main() -> None:
             with quiet():
                 upstream.prepare_conditionals(str(CLIP))
 
-        voicedb_first_audio(), upstream_first_audio()  # warm-up
-        ours, theirs = timed(voicedb_first_audio, args.repeats), timed(upstream_first_audio, args.repeats)
-        load, extract = timed(load_only, args.repeats * 3), timed(extract_only, args.repeats)
+        ours = median_seconds(voicedb_first_audio, args.repeats)
+        theirs = median_seconds(upstream_first_audio, args.repeats)
+        load, extract = median_seconds(load_only, args.repeats * 3), median_seconds(extract_only, args.repeats)
         db.close()
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
