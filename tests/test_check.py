@@ -66,3 +66,26 @@ def test_embeddings_from_another_encoder_are_refused_then_re_embedded_by_repair(
     assert repaired.exit_code == 0 and "another voice-encoder checkpoint" in repaired.stdout
     hits = json.loads(run("--checkpoint", str(other), "match", str(clip), "--json").stdout)
     assert hits[0]["name"] == "alice" and hits[0]["score"] > 0.99
+
+
+def test_an_index_holding_other_voices_is_reported_and_rebuilt(home: Path, speakers):
+    from voicedb import VoiceDB
+    from voicedb.index import new_index
+
+    clips = [group[0] for group in list(speakers.values())[:2]]
+    add(clips[0], "alice", "--no-conditionals")
+    add(clips[1], "bob", "--no-conditionals")
+    db = VoiceDB()
+    with db.store.session() as session:
+        pks, vectors = db.store.all_vectors(session)
+        generation = db.store.generation(session)
+    db.index_files.save(new_index(pks + 100, vectors), generation)  # right count and stamp, wrong ids
+    hits = json.loads(run("match", str(clips[1]), "--json").stdout)  # match notices and rebuilds in memory
+    assert hits[0]["name"] == "bob"
+    db.index_files.save(new_index(pks + 100, vectors), generation)
+    report = json.loads(run("check", "--json").stdout)
+    assert [p["kind"] for p in report] == ["index"] and "other voices" in report[0]["message"]
+    assert run("check", "--repair").exit_code == 0
+    assert run("check").exit_code == 0
+    hits = json.loads(run("match", str(clips[1]), "--json").stdout)
+    assert hits[0]["name"] == "bob"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -169,10 +169,9 @@ class Checker:
             index = self.db.index_files.load(generation)
             pks, vectors = self.db.store.all_vectors(session)
         if index is not None:
-            stored = index.reconstruct_batch(pks) if len(pks) else np.zeros((0, vectors.shape[1]), np.float32)
-            if np.allclose(stored, vectors, atol=1e-5):
+            if index_matches(index, pks, vectors):
                 return
-            reason = "holds vectors that differ from SQLite"
+            reason = "holds other voices or vectors than SQLite"
         elif not self.db.index_files.index_path.exists():
             reason = "is missing"
         else:
@@ -180,3 +179,16 @@ class Checker:
         if self.repair:
             self.db.index_files.save(new_index(pks, vectors), generation)
         self._report("index", f"the FAISS index {reason}", self.repair)
+
+
+def index_matches(index: Any, pks: np.ndarray, vectors: np.ndarray) -> bool:
+    """Whether ``index`` holds exactly the voices ``pks`` with these ``vectors``."""
+    if index.ntotal != len(pks):
+        return False
+    if not len(pks):
+        return True
+    try:
+        stored = index.reconstruct_batch(pks)
+    except RuntimeError:  # FAISS raises for an id the index does not hold
+        return False
+    return bool(np.allclose(stored, vectors, atol=1e-5))

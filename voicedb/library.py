@@ -230,13 +230,13 @@ class VoiceDB:
             }
 
     # -- index --------------------------------------------------------------------------------
-    def _current_index(self) -> Any:
-        """The FAISS index at the library's current generation: reused, reloaded or rebuilt."""
+    def _current_index(self, rebuild: bool = False) -> Any:
+        """The FAISS index at the library's current generation: reused, reloaded or (``rebuild``) rebuilt."""
         with self.store.session() as session:
             generation = self.store.generation(session)
-            if self._index is not None and self._index_generation == generation:
+            if not rebuild and self._index is not None and self._index_generation == generation:
                 return self._index
-            index = self.index_files.load(generation)
+            index = None if rebuild else self.index_files.load(generation)
             if index is None:
                 index = new_index(*self.store.all_vectors(session))
                 self._save_index_if_possible(index, generation)
@@ -300,12 +300,10 @@ class VoiceDB:
         """Like ``match`` for an embedding already computed."""
         if k < 1:
             raise ValueError("k must be at least 1")
-        hits = search(self._current_index(), normalised(vector), k)
-        with self.store.session() as session:
-            rows = {
-                row.pk: row for row in session.scalars(select(VoiceRow).where(VoiceRow.pk.in_([pk for pk, _ in hits])))
-            }
-        matches = [Match(rows[pk].id, rows[pk].name, score) for pk, score in hits if pk in rows]
+        vector = normalised(vector)
+        matches = self._search(self._current_index(), vector, k)
+        if matches is None:  # the saved index names voices SQLite does not have: rebuild it from the truth
+            matches = self._search(self._current_index(rebuild=True), vector, k) or []
         if threshold is not None:
             kept = [m for m in matches if m.score >= threshold]
             if not kept:
@@ -313,6 +311,16 @@ class VoiceDB:
                 raise NoMatch(f"no voice scores above {threshold:.2f}: unknown speaker{best}.")
             matches = kept
         return matches
+
+    def _search(self, index: Any, vector: np.ndarray, k: int) -> list[Match] | None:
+        """The ``k`` nearest voices, or ``None`` when a hit is missing from SQLite (an inconsistent index)."""
+        hits = search(index, vector, k)
+        with self.store.session() as session:
+            pks = [pk for pk, _ in hits]
+            rows = {row.pk: row for row in session.scalars(select(VoiceRow).where(VoiceRow.pk.in_(pks)))}
+        if any(pk not in rows for pk in pks):
+            return None
+        return [Match(rows[pk].id, rows[pk].name, score) for pk, score in hits]
 
     def _check_encoder(self, encoder: str) -> None:
         """Refuse to compare or mix embeddings from two different voice encoders (``encoder``: its SHA-256)."""
