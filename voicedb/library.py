@@ -359,7 +359,6 @@ class VoiceDB:
         if voice is None:
             name = check_name(default_name(paths, files) if name is None else name)
             self._check_name_free(name)
-        known = self._known_hashes()
         clips: list[LoadedClip] = []
         embeddings: list[np.ndarray] = []
         reference = BestReference()
@@ -367,8 +366,8 @@ class VoiceDB:
             if progress:
                 progress(done, len(files), file.name)
             clip = load_clip(file, flavour.min_seconds)
-            if clip.sha256 in known:
-                raise DuplicateClip(f"{file}: this exact recording is already enrolled in voice {known[clip.sha256]}.")
+            if holder := self._voice_holding_clip(clip.sha256):
+                raise DuplicateClip(f"{file}: this exact recording is already enrolled in voice {holder}.")
             if any(c.sha256 == clip.sha256 for c in clips):
                 continue  # the same file given twice
             embeddings.append(self.models.embed(clip.wav_16k))
@@ -394,9 +393,10 @@ class VoiceDB:
             result = self._extend_voice(voice, list(tags), clips, embeddings, encoder, warnings, strict)
         return result
 
-    def _known_hashes(self) -> dict[str, str]:
+    def _voice_holding_clip(self, sha256: str) -> str | None:
+        """The id of the voice that already has this exact recording (one indexed lookup), if any."""
         with self.store.session() as session:
-            return dict(session.execute(select(ClipRow.sha256, VoiceRow.id).join(VoiceRow)).all())
+            return session.scalar(select(VoiceRow.id).join(ClipRow).where(ClipRow.sha256 == sha256))
 
     def _check_name_free(self, name: str, session: Session | None = None) -> None:
         if session is None:
@@ -571,8 +571,7 @@ class VoiceDB:
         with self.store.session() as session:
             row = self._row(session, ref)
             voice_id, mean = row.id, row.vector.copy()
-            kept = [(self.home / c.file, c) for c in row.clips]
-        available = [path for path, _ in kept if path.exists()]
+            available = [self.home / c.file for c in row.clips if (self.home / c.file).exists()]
         if not available:
             raise LibraryError(f"voice {voice_id} has no kept reference audio to derive {model} conditionals from.")
         best = BestReference()
@@ -609,13 +608,13 @@ class VoiceDB:
             row = self._row(session, ref)
             voice_id = row.id
             saved = next((c for c in row.conditionals if c.flavour == flavour.name), None)
-            saved = (self.home / saved.file, saved.sha256, saved.checkpoint, saved.clip_sha256) if saved else None
-        outdated = saved is not None and saved[3] is not None and saved[2] != self.models.fingerprint(flavour)
-        if saved is None or outdated:
+        # Derived conditionals made with another checkpoint are outdated; imported ones (no clip) are kept.
+        derived = saved is not None and saved.clip_sha256 is not None
+        if saved is None or derived and saved.checkpoint != self.models.fingerprint(flavour):
             self._derive_conditionals(voice_id, flavour.name)
             return self.load_conditionals(voice_id, model)
-        path, checksum = saved[0], saved[1]
-        if not path.exists() or sha256_file(path) != checksum:
+        path = self.home / saved.file
+        if not path.exists() or sha256_file(path) != saved.sha256:
             raise LibraryError(
                 f"the {model} conditionals of voice {voice_id} are missing or corrupt; run `voicedb check --repair`."
             )
@@ -781,14 +780,13 @@ class VoiceDB:
                     raise ImportRejected(f"{path}: unknown model {flavour!r}.")
                 conds[flavour] = read_conditionals(data, f"{path}:{member}")
         clips = voice.get("clips", [])
-        known = self._known_hashes()
         try:
             for clip in clips:
                 if clip["file"] not in bundle.members:
                     raise ImportRejected(f"{path}: clip {clip['file']} is listed but missing.")
                 sha = Path(clip["file"]).stem
-                if sha in known:
-                    raise DuplicateClip(f"{path}: clip {sha[:12]} is already enrolled in voice {known[sha]}.")
+                if holder := self._voice_holding_clip(sha):
+                    raise DuplicateClip(f"{path}: clip {sha[:12]} is already enrolled in voice {holder}.")
                 vector = np.asarray(clip["embedding"], dtype=np.float32)
                 if vector.shape != (256,) or not np.isfinite(vector).all():
                     raise ImportRejected(f"{path}: clip {clip['file']} has a bad embedding.")
