@@ -18,6 +18,7 @@ from sqlalchemy.orm import selectinload
 from .audio import load_clip
 from .errors import VoiceDBError
 from .files import leftover_temp_files, sha256_file
+from .library import mean_embedding
 from .records import Problem
 from .store import MetaRow, VoiceRow
 
@@ -126,12 +127,11 @@ class Checker:
             if current is not None and voice.encoder != current:
                 message = f"voice {voice.id} ({voice.name}) was embedded with another voice-encoder checkpoint"
                 self._report("encoder", message, self._try(self._reembed, voice.id))
-            elif voice.clips:
-                mean = np.mean([c.vector for c in voice.clips], axis=0)
-                mean = mean / np.linalg.norm(mean)
-                if not np.allclose(mean, voice.vector, atol=1e-4):
-                    message = f"voice {voice.id} ({voice.name}): embedding is not the mean of its clips"
-                    self._report("embedding", message, self._try(self._set_vector, voice.id, None))
+            elif voice.clips and not np.allclose(
+                mean_embedding([c.vector for c in voice.clips]), voice.vector, atol=1e-4
+            ):
+                message = f"voice {voice.id} ({voice.name}): embedding is not the mean of its clips"
+                self._report("embedding", message, self._try(self._set_vector, voice.id, None))
         if self.repair and current is not None and not any(p.kind == "unrepaired" for p in self.problems):
             with self.db.store.session() as session:
                 session.merge(MetaRow(key="encoder", value=current))
@@ -149,13 +149,10 @@ class Checker:
         self._set_vector(voice_id, vectors)
 
     def _set_vector(self, voice_id: str, clip_vectors: dict[int, np.ndarray] | None) -> None:
-        from .library import mean_embedding
-
         with self.db.store.session() as session:
             voice = self.db._row(session, voice_id)
-            for clip in voice.clips:
-                if clip_vectors is not None:
-                    clip.embedding = clip_vectors[clip.pk].tobytes()
+            for clip in voice.clips if clip_vectors is not None else ():
+                clip.embedding = clip_vectors[clip.pk].tobytes()
             voice.embedding = mean_embedding([c.vector for c in voice.clips]).tobytes()
             if clip_vectors is not None:
                 voice.encoder = self.db.models.encoder_checksum

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from . import config
+from .chatterbox import FLAVOURS  # the model table only: this module imports torch lazily
 from .errors import VoiceDBError
 
 
@@ -47,9 +48,9 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Any]:
+def progress_bar() -> Iterator[Any]:
     """A rich progress bar on stderr for multi-step work; yields the ``progress(done, total, label)`` hook."""
-    if not enabled or not sys.stderr.isatty():
+    if not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
@@ -71,7 +72,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
         yield hook
 
 
-MODEL_CHOICE = click.Choice(["english", "multilingual", "turbo"])
+MODEL_CHOICE = click.Choice(list(FLAVOURS))
 
 
 @click.group(cls=VoiceDBGroup, context_settings={"help_option_names": ["-h", "--help"]})
