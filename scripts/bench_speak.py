@@ -40,11 +40,11 @@ import resource, sys, tempfile, time
 from pathlib import Path
 start = time.perf_counter()
 from voicedb import VoiceDB
-from voicedb.chatterbox import FLAVOURS
+from voicedb.flavours import FLAVOURS
 with tempfile.TemporaryDirectory() as tmp:
     db = VoiceDB(tmp, checkpoint=sys.argv[1], device=sys.argv[2])
     if sys.argv[3] == "with-t3":
-        db.models.t3(FLAVOURS["english"])
+        db.engine.t3(FLAVOURS["english"])
     db.add([Path(sys.argv[4])], name="bench")
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
@@ -75,19 +75,18 @@ def main() -> None:
     from chatterbox.tts import ChatterboxTTS
 
     from voicedb import VoiceDB
-    from voicedb.chatterbox import FLAVOURS, SynthesisSettings, quiet
+    from voicedb.flavours import FLAVOURS, SynthesisSettings
 
     english = FLAVOURS["english"]
     settings = SynthesisSettings(max_tokens=args.tokens)
     with tempfile.TemporaryDirectory() as tmp:
         db = VoiceDB(tmp, checkpoint=args.checkpoint, device=args.device)
         db.add([CLIP], name="bench")
-        models = db.models
+        models = db.engine
         models.load_for_synthesis(english)
-        with quiet():  # upstream's watermarker announces itself on stdout
-            upstream = ChatterboxTTS(
-                models.t3(english), models.s3gen(english), models.encoder, models.tokenizer(english), args.device
-            )
+        upstream = ChatterboxTTS(
+            models.t3(english), models.s3gen(english), models.encoder, models.tokenizer(english), args.device
+        )
 
         def voicedb_first_audio() -> None:
             torch.manual_seed(0)
@@ -95,16 +94,14 @@ def main() -> None:
 
         def upstream_first_audio() -> None:
             torch.manual_seed(0)
-            with quiet():
-                upstream.prepare_conditionals(str(CLIP))
+            upstream.prepare_conditionals(str(CLIP))
             models.synthesize(english, upstream.conds, TEXT, settings)
 
         def load_only() -> None:
             db.load_conditionals("bench")
 
         def extract_only() -> None:
-            with quiet():
-                upstream.prepare_conditionals(str(CLIP))
+            upstream.prepare_conditionals(str(CLIP))
 
         ours = median_seconds(voicedb_first_audio, args.repeats)
         theirs = median_seconds(upstream_first_audio, args.repeats)

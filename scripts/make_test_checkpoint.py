@@ -31,7 +31,8 @@ import string
 import sys
 from pathlib import Path
 
-from voicedb.chatterbox import T3Shape
+from voicedb.engine import T3Shape
+from voicedb.flavours import FLAVOURS
 
 FILES = (
     # ChatterboxTTS (English)
@@ -91,10 +92,10 @@ def t3_state(flavour: str) -> dict:
     import torch
     from chatterbox.models.t3 import T3
 
-    from voicedb.chatterbox import t3_config
+    from voicedb.engine import t3_config
 
     torch.manual_seed(SEED)
-    return T3(t3_config(flavour, T3_TEST_SHAPES[flavour])).state_dict()
+    return T3(t3_config(FLAVOURS[flavour], T3_TEST_SHAPES[flavour])).state_dict()
 
 
 def s3gen_state(meanflow: bool = False) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from voicedb.audio import load_clip
-from voicedb.chatterbox import ChatterboxModels, Checkpoint
 from voicedb.config import DEFAULT_THRESHOLD
+from voicedb.engine import Checkpoint, Engine
 
 DEFAULT_SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 
@@ -30,7 +30,7 @@ def main() -> None:
         "speech", type=Path, nargs="?", default=DEFAULT_SPEECH, help="folder of clips named <speaker>_<n>.<ext>"
     )
     args = parser.parse_args()
-    models = ChatterboxModels(Checkpoint(args.checkpoint))
+    models = Engine(Checkpoint(args.checkpoint))
     clips = sorted(p for p in args.speech.iterdir() if p.suffix in {".wav", ".flac", ".ogg"})
     embeddings = {p: models.embed(load_clip(p).wav_16k) for p in clips}
     same, different = [], []

@@ -76,13 +76,13 @@ def test_an_index_holding_other_voices_is_reported_and_rebuilt(home: Path, speak
     add(clips[0], "alice", "--no-conditionals")
     add(clips[1], "bob", "--no-conditionals")
     db = VoiceDB()
-    with db.store.session() as session:
-        pks, vectors = db.store.all_vectors(session)
-        generation = db.store.generation(session)
-    db.index_files.save(new_index(pks + 100, vectors), generation)  # right count and stamp, wrong ids
+    with db.context.store.session() as session:
+        pks, vectors = db.context.store.all_vectors(session)
+        generation = db.context.store.generation(session)
+    db.context.index.files.save(new_index(pks + 100, vectors), generation)  # right count and stamp, wrong ids
     hits = json.loads(run("match", str(clips[1]), "--json").stdout)  # match notices and rebuilds in memory
     assert hits[0]["name"] == "bob"
-    db.index_files.save(new_index(pks + 100, vectors), generation)
+    db.context.index.files.save(new_index(pks + 100, vectors), generation)
     report = json.loads(run("check", "--json").stdout)
     assert [p["kind"] for p in report] == ["index"] and "other voices" in report[0]["message"]
     assert run("check", "--repair").exit_code == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
-from voicedb.store import SCHEMA_HEAD, Store, migrations_dir
+from voicedb.store import SCHEMA_HEAD, Store, migrations_dir, sqlite_url
 
 
 def test_code_expects_the_head_revision_of_the_shipped_migrations():
@@ -15,7 +15,7 @@ def test_code_expects_the_head_revision_of_the_shipped_migrations():
 
 
 def test_migrations_upgrade_an_empty_database_to_head(tmp_path: Path):
-    store = Store(tmp_path / "fresh.sqlite")
+    store = Store(sqlite_url(tmp_path / "fresh.sqlite"))
     assert store.needs_upgrade()
     store.upgrade()
     assert not store.needs_upgrade()

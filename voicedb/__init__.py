@@ -6,7 +6,18 @@
 """
 
 from .errors import NoMatch, VoiceDBError
+from .flavours import SynthesisSettings
 from .library import VoiceDB
 from .records import AddResult, Match, Problem, SpeakResult, Voice
 
-__all__ = ["VoiceDB", "Voice", "Match", "AddResult", "SpeakResult", "Problem", "VoiceDBError", "NoMatch"]
+__all__ = [
+    "VoiceDB",
+    "Voice",
+    "Match",
+    "AddResult",
+    "SpeakResult",
+    "Problem",
+    "SynthesisSettings",
+    "VoiceDBError",
+    "NoMatch",
+]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import shutil
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,69 @@ CLIPPED_FRACTION = 0.001
 LOW_SAMPLE_RATE = 16_000
 
 
+#: What every audio argument accepts: a file path, the file's bytes, or (samples, sample rate).
+AudioInput = str | os.PathLike | bytes | tuple[np.ndarray, int]
+
+# librosa warns on every MP3 it hands to audioread; these filters name librosa only.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"librosa")
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"librosa")
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """An audio argument made uniform: a file on disk or encoded bytes, and a name for messages."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    @property
+    def suffix(self) -> str:
+        """File extension to keep a copy under (lower case, with the dot)."""
+        if self.path is not None:
+            return self.path.suffix.lower()
+        import soundfile
+
+        try:
+            kind = soundfile.info(io.BytesIO(self.data)).format
+        except Exception:  # noqa: BLE001 - not decodable: _decode will say so
+            return ".bin"
+        return {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}.get(kind, ".wav")
+
+    def sha256(self) -> str:
+        if self.path is not None:
+            return sha256_file(self.path)
+        return hashlib.sha256(self.data).hexdigest()
+
+    def write_copy(self, target: Path) -> None:
+        if self.path is not None:
+            shutil.copyfile(self.path, target)
+        else:
+            target.write_bytes(self.data)
+
+
+def audio_source(audio: AudioInput, name: str | None = None) -> AudioSource:
+    """Turn a path, bytes, or ``(samples, sample_rate)`` into an ``AudioSource``; arrays are encoded as FLAC."""
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return AudioSource(name or "audio", data=bytes(audio))
+    if isinstance(audio, tuple):
+        samples, rate = audio
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim not in (1, 2) or samples.size == 0 or not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise AudioError(f"{name or 'audio'}: expected (samples, sample_rate) with 1-D or 2-D samples.")
+        if not np.isfinite(samples).all():
+            raise AudioError(f"{name or 'audio'}: holds invalid samples (NaN or infinity).")
+        import soundfile
+
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.clip(samples, -1.0, 1.0), int(rate), format="FLAC", subtype="PCM_24")
+        return AudioSource(name or "audio", data=buffer.getvalue())
+    if isinstance(audio, (str, os.PathLike)):
+        path = Path(audio)
+        return AudioSource(name or path.name, path=path)
+    raise TypeError(f"audio must be a path, bytes or (samples, sample_rate), not {type(audio).__name__}")
+
+
 @dataclass
 class LoadedClip:
     """One reference recording, decoded and checked.
@@ -30,7 +98,7 @@ class LoadedClip:
     quality problems that do not stop enrollment (``--strict`` turns them into errors).
     """
 
-    path: Path
+    source: AudioSource
     sha256: str
     sample_rate: int
     duration_s: float
@@ -40,10 +108,18 @@ class LoadedClip:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def wav_16k(self) -> np.ndarray:
-        import librosa
+    def name(self) -> str:
+        return self.source.name
 
-        return librosa.resample(self.wav_24k, orig_sr=LOAD_SR, target_sr=EMBED_SR)
+    @property
+    def wav_16k(self) -> np.ndarray:
+        return to_16k(self.wav_24k)
+
+
+def to_16k(wav_24k: np.ndarray) -> np.ndarray:
+    import librosa
+
+    return librosa.resample(wav_24k, orig_sr=LOAD_SR, target_sr=EMBED_SR)
 
 
 def expand_audio_paths(paths: Iterable[Path]) -> list[Path]:
@@ -64,26 +140,30 @@ def expand_audio_paths(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int, float]:
+def _decode(source: AudioSource) -> tuple[np.ndarray, int, float]:
     """(mono float32 at 24 kHz, original sample rate, full duration in seconds)."""
-    import warnings
-
     import librosa
+    import soundfile
 
+    name = source.name
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa's audioread fallback warns on every MP3
-            original_sr = int(librosa.get_samplerate(str(path)))
-            duration = float(librosa.get_duration(path=str(path)))
-            wav, _ = librosa.load(str(path), sr=LOAD_SR, mono=True, duration=MAX_ANALYSED_SECONDS)
+        if source.path is not None:
+            target = str(source.path)
+            original_sr = int(librosa.get_samplerate(target))
+            duration = float(librosa.get_duration(path=target))
+            wav, _ = librosa.load(target, sr=LOAD_SR, mono=True, duration=MAX_ANALYSED_SECONDS)
+        else:
+            info = soundfile.info(io.BytesIO(source.data))
+            original_sr, duration = int(info.samplerate), float(info.duration)
+            wav, _ = librosa.load(io.BytesIO(source.data), sr=LOAD_SR, mono=True, duration=MAX_ANALYSED_SECONDS)
     except PermissionError:
-        raise AudioError(f"{path}: permission denied.") from None
+        raise AudioError(f"{name}: permission denied.") from None
     except librosa.util.exceptions.ParameterError as exc:
         if "finite" in str(exc):
-            raise AudioError(f"{path}: holds invalid samples (NaN or infinity).") from None
-        raise AudioError(f"{path}: not a readable audio file ({exc}).") from exc
+            raise AudioError(f"{name}: holds invalid samples (NaN or infinity).") from None
+        raise AudioError(f"{name}: not a readable audio file (unknown format or damaged).") from exc
     except Exception as exc:  # noqa: BLE001 - soundfile and audioread raise many types for "not audio"
-        raise AudioError(f"{path}: not a readable audio file ({type(exc).__name__}).") from exc
+        raise AudioError(f"{name}: not a readable audio file (unknown format or damaged).") from exc
     return np.asarray(wav, dtype=np.float32), original_sr, duration
 
 
@@ -95,39 +175,57 @@ def speech_seconds(wav: np.ndarray, sr: int) -> float:
     return float(sum(end - start for start, end in intervals)) / sr
 
 
-def load_clip(path: Path, min_seconds: float = 0.0) -> LoadedClip:
-    """Decode, validate and hash one clip; raise ``AudioError`` for anything unusable.
+def _decoded_speech(source: AudioSource) -> tuple[np.ndarray, int, float, float]:
+    """Decode and refuse what cannot hold a voice: (wav_24k, original rate, duration, speech seconds)."""
+    name = source.name
+    if source.path is not None:
+        if source.path.is_dir():
+            raise AudioError(f"{source.path}: is a directory, not an audio file.")
+        if not source.path.exists():
+            raise AudioError(f"{source.path}: no such file.")
+        if source.path.stat().st_size == 0:
+            raise AudioError(f"{source.path}: file is empty.")
+        name = str(source.path)
+    elif not source.data:
+        raise AudioError(f"{name}: file is empty.")
+    wav, original_sr, duration = _decode(source)
+    if wav.size == 0:
+        raise AudioError(f"{name}: holds no audio samples.")
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{name}: holds invalid samples (NaN or infinity).")
+    if float(np.abs(wav).max()) < SILENCE_PEAK:
+        raise AudioError(f"{name}: is silent.")
+    speech = speech_seconds(wav, LOAD_SR)
+    if speech < MIN_SPEECH_SECONDS:
+        raise AudioError(f"{name}: too short: {speech:.1f} s of speech, at least {MIN_SPEECH_SECONDS:.0f} s needed.")
+    return wav, original_sr, duration, speech
+
+
+def load_clip(audio: AudioInput | AudioSource, min_seconds: float = 0.0) -> LoadedClip:
+    """Decode, validate and hash one reference clip; raise ``AudioError`` for anything unusable.
 
     ``min_seconds`` is the model flavour's own minimum length (Turbo needs more than 5 s): shorter
     clips get a warning.
     """
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file.")
-    if not path.exists():
-        raise AudioError(f"{path}: no such file.")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty.")
-    wav, original_sr, duration = _decode(path)
-    if wav.size == 0:
-        raise AudioError(f"{path}: holds no audio samples.")
-    if not np.isfinite(wav).all():
-        raise AudioError(f"{path}: holds invalid samples (NaN or infinity).")
-    peak = float(np.abs(wav).max())
-    if peak < SILENCE_PEAK:
-        raise AudioError(f"{path}: is silent.")
-    speech = speech_seconds(wav, LOAD_SR)
-    if speech < MIN_SPEECH_SECONDS:
-        raise AudioError(f"{path}: too short: {speech:.1f} s of speech, at least {MIN_SPEECH_SECONDS:.0f} s needed.")
+    source = audio if isinstance(audio, AudioSource) else audio_source(audio)
+    wav, original_sr, duration, speech = _decoded_speech(source)
     clipped = float(np.mean(np.abs(wav) >= CLIPPED_LEVEL))
-    clip = LoadedClip(path, sha256_file(path), original_sr, duration, speech, wav, clipped)
+    clip = LoadedClip(source, source.sha256(), original_sr, duration, speech, wav, clipped)
     clip.warnings.extend(quality_warnings(clip, min_seconds))
     return clip
+
+
+def load_query(audio: AudioInput) -> np.ndarray:
+    """A clip to match against the library, at 16 kHz: validated like a reference, but neither hashed
+    nor judged, since nothing about it is kept."""
+    wav, _, _, _ = _decoded_speech(audio_source(audio))
+    return to_16k(wav)
 
 
 def quality_warnings(clip: LoadedClip, min_seconds: float = 0.0) -> list[str]:
     """Problems worth telling the user about, each a short phrase naming the clip."""
     found = []
-    name = clip.path.name
+    name = clip.name
     if min_seconds and clip.duration_s <= min_seconds:
         found.append(
             f"{name}: {clip.duration_s:.1f} s is too short for this model (needs more than {min_seconds:.0f} s)"

@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from . import config
-from .chatterbox import FLAVOURS  # the model table only: this module imports torch lazily
-from .errors import VoiceDBError
+from .errors import NoMatch, VoiceDBError
+from .flavours import FLAVOURS  # the model table only: nothing here imports torch until a command needs it
 
 
 class VoiceDBGroup(click.Group):
@@ -105,7 +105,15 @@ def cli(ctx: click.Context, home: Path | None, checkpoint: Path | None) -> None:
     Environment: VOICEDB_HOME (library directory), VOICEDB_CHECKPOINT (local
     checkpoint directory), VOICEDB_DEVICE (torch device, default cuda if
     available, else cpu), HF_HUB_OFFLINE / HF_HOME (Hugging Face hub cache).
+
+    \b
+    Shell completion (bash; zsh and fish likewise):
+    eval "$(_VOICEDB_COMPLETE=bash_source voicedb)"
     """
+    if not sys.warnoptions:  # the terminal is ours: third-party warnings stay off it unless asked for
+        import warnings
+
+        warnings.simplefilter("ignore")
     ctx.ensure_object(dict)
     ctx.obj.update(home=home, checkpoint=checkpoint)
 
@@ -180,14 +188,16 @@ def add(
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="How many voices to list.")
 @click.option(
     "--threshold",
-    type=float,
+    type=click.FloatRange(-1.0, 1.0),
     default=config.DEFAULT_THRESHOLD,
     show_default=True,
-    help="Cosine score a voice must reach to count as the same speaker.",
+    help="Cosine score (-1..1) a voice must reach (score >= threshold) to count as the same speaker.",
 )
 @click.option("--all", "no_threshold", is_flag=True, help="List the nearest voices whatever their score.")
 @click.option("--speak", "speak_text", metavar="TEXT", help="Also speak TEXT with the best match.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="WAV file for --speak.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Audio file for --speak (.wav, .mp3, ...)."
+)
 @click.option("--max-tokens", type=click.IntRange(1, 1000), default=1000, help="Speech-token cap for --speak.")
 @click.option("--seed", type=int, help="Random seed for --speak.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, name, score}.")
@@ -210,24 +220,21 @@ def match(
     reaches the threshold.
     """
     db = library(ctx)
-    matches = db.match(clip, k=k, threshold=None if no_threshold else threshold)
+    try:
+        matches = db.match(clip, k=k, threshold=None if no_threshold else threshold)
+    except NoMatch:
+        if as_json:
+            emit_json([])  # scripts parse the output; the error line and exit 1 still say "unknown speaker"
+        raise
     if as_json:
         emit_json([m.to_dict() for m in matches])
     else:
         for m in matches:
             click.echo(f"{m.score:6.3f}  {m.id}  {m.name}")
     if speak_text and matches:
-        from .chatterbox import SynthesisSettings
-
+        target = output or default_output_name(matches[0].name)
         with progress_bar() as hook:
-            result = db.speak(
-                matches[0].id,
-                speak_text,
-                output,
-                settings=SynthesisSettings(max_tokens=max_tokens),
-                seed=seed,
-                progress=hook,
-            )
+            result = db.speak(matches[0].id, speak_text, output=target, max_tokens=max_tokens, seed=seed, progress=hook)
         click.echo(f"wrote {result.output} ({result.seconds:.1f} s, voice {result.voice.name})", err=as_json)
 
 
@@ -243,12 +250,14 @@ def list_voices(ctx: click.Context, as_json: bool) -> None:
     if not voices:
         click.echo("no voices yet: add one with `voicedb add CLIP --name NAME`", err=True)
         return
-    width = max(4, *(len(v.name) for v in voices))
-    click.echo(f"{'ID':<8}  {'NAME':<{width}}  CLIPS  SECONDS  MODELS  TAGS")
+    from rich.cells import cell_len  # terminal columns: CJK characters take two
+
+    width = max(4, *(cell_len(v.name) for v in voices))
+    click.echo(f"{'ID':<8}  {'NAME' + ' ' * (width - 4)}  CLIPS  SECONDS  MODELS  TAGS")
     for v in voices:
+        name = v.name + " " * (width - cell_len(v.name))
         click.echo(
-            f"{v.id:<8}  {v.name:<{width}}  {v.clips:>5}  {v.seconds:>7.1f}  "
-            f"{','.join(v.models) or '-':<6}  {','.join(v.tags)}"
+            f"{v.id:<8}  {name}  {v.clips:>5}  {v.seconds:>7.1f}  {','.join(v.models) or '-':<6}  {','.join(v.tags)}"
         )
 
 
@@ -257,7 +266,7 @@ def list_voices(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 def show(ctx: click.Context, voice: str, as_json: bool) -> None:
-    """Show everything stored about VOICE (an id, a name, or the start of an id)."""
+    """Show everything stored about VOICE (an id, a name, or the first 4 or more characters of an id)."""
     details = library(ctx).details(voice)
     if as_json:
         emit_json(details)
@@ -285,10 +294,11 @@ def rename(ctx: click.Context, voice: str, new_name: str) -> None:
 @click.argument("voices", nargs=-1, required=True)
 @click.pass_context
 def remove(ctx: click.Context, voices: tuple[str, ...]) -> None:
-    """Remove voices: their rows, index entries, kept clips and conditionals."""
-    db = library(ctx)
-    for ref in voices:
-        v = db.remove(ref)
+    """Remove voices: their rows, index entries, kept clips and conditionals.
+
+    All or nothing: if any VOICE is unknown, nothing is removed.
+    """
+    for v in library(ctx).remove(*voices):
         click.echo(f"removed voice {v.id} {v.name}")
 
 
@@ -306,7 +316,7 @@ def remove(ctx: click.Context, voices: tuple[str, ...]) -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="WAV file to write (default: VOICE-TIME.wav in the current directory).",
+    help="Audio file to write: .wav, .flac, .mp3, .ogg or .opus (default: VOICE-TIME.wav in the current directory).",
 )
 @click.option(
     "--model", type=MODEL_CHOICE, default="english", show_default=True, help="Chatterbox model to speak with."
@@ -347,23 +357,31 @@ def speak(
     """Speak TEXT in a stored voice, from its saved conditionals.
 
     TEXT comes from the argument, --file, or stdin. Long text is split at sentence boundaries and
-    the pieces joined with short pauses. Writes a 24 kHz WAV and prints its path.
+    the pieces joined with short pauses. Writes 24 kHz audio in the format the file name asks for
+    and prints its path.
     """
-    from .chatterbox import SynthesisSettings
-
+    if text is not None and text_file is not None:
+        raise click.UsageError("give TEXT or --file, not both.")
     if text is None:
         if text_file is None and sys.stdin.isatty():
             raise click.UsageError("give TEXT, --file, or pipe text on stdin.")
         text = (text_file or sys.stdin).read()
-    settings = SynthesisSettings(
-        exaggeration=exaggeration,
-        cfg_weight=cfg_weight,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        language=language,
-    )
+    db = library(ctx)
+    target = output or default_output_name(db.get(voice_ref).name)
     with progress_bar() as hook:
-        result = library(ctx).speak(voice_ref, text, output, model=model, settings=settings, seed=seed, progress=hook)
+        result = db.speak(
+            voice_ref,
+            text,
+            output=target,
+            model=model,
+            language=language,
+            exaggeration=exaggeration,
+            cfg_weight=cfg_weight,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            progress=hook,
+        )
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -389,9 +407,16 @@ def speak(
     help="Back up every voice as bundles into this directory.",
 )
 @click.option("--model", type=MODEL_CHOICE, default="english", show_default=True, help="Whose conditionals to export.")
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
 @click.pass_context
 def export(
-    ctx: click.Context, voice: str | None, output: Path | None, bundle: bool, all_dir: Path | None, model: str
+    ctx: click.Context,
+    voice: str | None,
+    output: Path | None,
+    bundle: bool,
+    all_dir: Path | None,
+    model: str,
+    force: bool,
 ) -> None:
     """Write VOICE's conditionals for use outside voicedb.
 
@@ -402,15 +427,15 @@ def export(
     """
     db = library(ctx)
     if all_dir is not None:
-        written = db.export_all(all_dir)
+        written = db.export_all(all_dir, force=force)
         click.echo(f"exported {len(written)} voice{'s' * (len(written) != 1)} to {all_dir}")
         return
     if voice is None:
         raise click.UsageError("give a VOICE, or --all DIR.")
-    from .library import file_stem
+    from .portability import file_stem
 
     target = output or Path(f"{file_stem(db.get(voice).name)}.{'voicedb' if bundle else 'pt'}")
-    path = db.export(voice, target, model=model, bundle=bundle)
+    path = db.export(voice, target, model=model, bundle=bundle, force=force)
     click.echo(f"wrote {path}")
 
 
@@ -434,7 +459,13 @@ def import_(ctx: click.Context, source: Path, name: str | None, restore_all: boo
     If anything is wrong the library is left unchanged.
     """
     db = library(ctx)
-    voices = db.import_all(source) if restore_all else [db.import_file(source, name=name, model=model)]
+    if restore_all:
+        voices = db.import_all(source)
+    else:
+        result = db.import_file(source, name=name, model=model)
+        for message in result.warnings:
+            warn(message)
+        voices = [result.voice]
     if as_json:
         emit_json([v.to_dict() for v in voices])
         return
@@ -461,6 +492,22 @@ def check(ctx: click.Context, repair: bool, as_json: bool) -> None:
             click.echo("library is consistent")
     if any(not p.repaired for p in problems):
         ctx.exit(1)
+
+
+def default_output_name(voice_name: str) -> Path:
+    """``<voice>-<UTC time>.wav`` in the working directory, never overwriting a file: the CLI's
+    default when no ``-o`` is given (the library itself writes only where it is told)."""
+    import datetime as dt
+
+    from .portability import file_stem
+
+    slug = file_stem(voice_name)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    candidate, n = Path(f"{slug}-{stamp}.wav"), 1
+    while candidate.exists():
+        n += 1
+        candidate = Path(f"{slug}-{stamp}-{n}.wav")
+    return candidate
 
 
 def main() -> None:

@@ -14,9 +14,16 @@ class VoiceDBError(Exception):
 
 
 class NoMatch(VoiceDBError):
-    """Matching found no stored voice above the threshold: an unknown speaker."""
+    """Matching found no stored voice at or above the threshold: an unknown speaker.
+
+    ``nearest`` holds the best-scoring voices anyway, best first, for callers that want to show them.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, nearest: list | None = None) -> None:
+        super().__init__(message)
+        self.nearest = nearest or []
 
 
 class AudioError(VoiceDBError):

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Voice:
@@ -60,19 +62,23 @@ class AddResult:
 
 @dataclass(frozen=True)
 class SpeakResult:
-    """Where ``speak`` wrote its audio and how long it is."""
+    """Synthesised speech: ``audio`` is float32 mono at ``sample_rate``; ``output`` is the file written, if any."""
 
     voice: Voice
-    output: Path
-    seconds: float
+    audio: np.ndarray = field(repr=False)
     sample_rate: int
     chunks: int
+    output: Path | None = None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "voice": self.voice.id,
             "name": self.voice.name,
-            "output": str(self.output),
+            "output": str(self.output) if self.output else None,
             "seconds": round(self.seconds, 3),
             "sample_rate": self.sample_rate,
             "chunks": self.chunks,

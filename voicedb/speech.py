@@ -1,4 +1,4 @@
-"""Text in, WAV out: splitting long text into chunks Chatterbox can speak, and joining the audio."""
+"""Text in, audio out: splitting long text into chunks Chatterbox can speak, joining and encoding the audio."""
 
 from __future__ import annotations
 
@@ -60,12 +60,42 @@ def join_with_pauses(pieces: Sequence[np.ndarray], sample_rate: int, pause_s: fl
     return np.concatenate(joined) if joined else silence[:0]
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """16-bit PCM WAV, written atomically so a crash never leaves half a file under ``path``."""
+#: Output formats by file suffix: (soundfile format, subtype). The same formats the server offers.
+FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".ogg": ("OGG", "OPUS"),
+    ".opus": ("OGG", "OPUS"),
+}
+
+
+def output_format(path: Path) -> tuple[str, str]:
+    """The (format, subtype) a file name asks for; an unknown suffix is refused before any work."""
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise VoiceDBError(f"cannot write {path.name}: use a file name ending in {', '.join(FORMATS)}.") from None
+
+
+def encode(audio: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> bytes:
+    """Encode mono float32 audio with libsndfile (MP3, Ogg Opus, FLAC, WAV); no external programs."""
+    import io
+
     import soundfile
 
+    if fmt == "OGG" and subtype == "OPUS" and sample_rate not in (8000, 12000, 16000, 24000, 48000):
+        raise VoiceDBError(f"Opus cannot encode {sample_rate} Hz audio.")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write audio in the format ``path``'s suffix names, atomically: a crash never leaves half a file."""
+    data = encode(audio, sample_rate, *output_format(path))
     try:
         with atomic_path(path.resolve()) as temp:
-            soundfile.write(str(temp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+            temp.write_bytes(data)
     except OSError as exc:
         raise VoiceDBError(f"cannot write {path}: {exc.strerror or exc}.") from exc

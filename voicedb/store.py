@@ -1,4 +1,8 @@
-"""SQLite through SQLAlchemy 2: the source of truth for voices, clips, conditionals and embeddings.
+"""The database through SQLAlchemy 2: the source of truth for voices, clips, conditionals and embeddings.
+
+A ``Store`` is built from a SQLAlchemy URL: a SQLite file by default (``sqlite_url``), where the
+SQLite pragmas, WAL mode and the immediate-transaction listener apply; other databases get none of
+those, so a PostgreSQL store needs only its URL.
 
 The schema is created and upgraded only by the Alembic migrations shipped as ``voicedb.migrations``
 (top-level ``migrations/`` in the source tree). Alembic is imported only when the database is not
@@ -29,7 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -156,17 +160,9 @@ def current_revision(engine: Engine) -> str | None:
         return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def upgrade_to_head(engine: Engine) -> None:
-    """Switch the database to WAL mode, then run every pending Alembic migration, in one transaction.
-
-    WAL mode is a persistent property of the file, set here once under the caller's write lock:
-    switching it on every connection races when several processes open a new library at once.
-    """
-    from alembic import command
-    from alembic.config import Config
-
-    from .faults import crash_point
-
+def _switch_to_wal(engine: Engine) -> None:
+    """WAL mode is a persistent property of a SQLite file, set once under the caller's write lock:
+    switching it on every connection races when several processes open a new library at once."""
     raw = engine.raw_connection()
     try:
         for _ in range(WAL_ATTEMPTS):  # a reader opening the new library at this moment makes the switch fail
@@ -175,6 +171,17 @@ def upgrade_to_head(engine: Engine) -> None:
             time.sleep(0.1)
     finally:
         raw.close()
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Run every pending Alembic migration in one transaction (SQLite: switched to WAL mode first)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from .faults import crash_point
+
+    if engine.dialect.name == "sqlite":
+        _switch_to_wal(engine)
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     with engine.begin() as connection:
@@ -189,27 +196,48 @@ def known_revisions() -> set[str]:
     return {script.revision for script in ScriptDirectory(str(migrations_dir())).walk_revisions()}
 
 
-class Store:
-    """An open ``voicedb.sqlite``: sessions, the schema check, and the generation counter."""
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite database file."""
+    return f"sqlite:///{path}"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        event.listen(self.engine, "connect", _configure_sqlite)
-        event.listen(self.engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
+
+class Store:
+    """An open database: sessions, the schema check, and the generation counter.
+
+    Safe to share between threads: every ``session()`` takes its own pooled connection.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        self.engine = create_engine(self.url, **self._engine_options())
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _configure_sqlite)
+            event.listen(self.engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _engine_options(self) -> dict:
+        if self.url.get_backend_name() == "sqlite":
+            return {"connect_args": {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
+        return {"pool_pre_ping": True}
+
+    @property
+    def name(self) -> str:
+        """What error messages call this database: the file for SQLite, the URL without password otherwise."""
+        if self.url.get_backend_name() == "sqlite":
+            return str(self.url.database)
+        return self.url.render_as_string(hide_password=True)
 
     def needs_upgrade(self) -> bool:
         """True when migrations must run; refuses a database written by a newer voicedb."""
         try:
             revision = current_revision(self.engine)
         except (DatabaseError, OperationalError) as exc:
-            raise LibraryError(f"{self.path} is not a readable voicedb database ({exc.orig}).") from exc
+            raise LibraryError(f"{self.name} is not a readable voicedb database ({exc.orig}).") from exc
         if revision == SCHEMA_HEAD:
             return False
         if revision is not None and revision not in known_revisions():
             raise LibraryError(
-                f"{self.path} was created by a newer voicedb (schema {revision}); upgrade voicedb to open it."
+                f"{self.name} was created by a newer voicedb (schema {revision}); upgrade voicedb to open it."
             )
         return True
 
@@ -217,7 +245,7 @@ class Store:
         try:
             upgrade_to_head(self.engine)
         except (DatabaseError, OperationalError) as exc:
-            raise LibraryError(f"cannot upgrade {self.path}: {exc.orig}") from exc
+            raise LibraryError(f"cannot upgrade {self.name}: {exc.orig}") from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,29 +1,40 @@
-"""The only module that imports chatterbox: checkpoints, embeddings, conditionals and synthesis.
+"""The Chatterbox engine: the only module that imports chatterbox. Checkpoints, embeddings, conditionals, synthesis.
 
-Chatterbox's own ``from_pretrained`` loads every model at once and ``generate`` hard-codes 1000
+Chatterbox's own ``from_pretrained`` loads every network at once and ``generate`` hard-codes 1000
 speech tokens; voicedb needs finer control (enrollment loads only the voice encoder and S3Gen,
 synthesis caps tokens), so this adapter calls Chatterbox's public parts -- ``VoiceEncoder``,
 ``S3Gen.embed_ref``/``inference``, ``T3.inference``, the tokenizers and the Perth watermarker --
-exactly as upstream's ``prepare_conditionals`` and ``generate`` do. Everything heavy is imported
-inside functions so that ``import voicedb`` stays light.
+exactly as upstream's ``prepare_conditionals`` and ``generate`` do.
+
+Names: a *flavour* is a model family (``voicedb.flavours``), the *engine* is the set of networks
+loaded for one checkpoint and device, a *network* is one ``torch.nn.Module`` in it.
+
+One ``Engine`` serves many threads: each network loads once under its own lock, and sampling
+(which draws from torch's global generator inside upstream code) is serialised, seeded in a forked
+RNG state that is restored afterwards, so a seed gives the same audio whatever other threads do.
+Third-party noise is silenced by configuration (loggers, warnings filters, upstream modules'
+progress bars), never by swapping ``sys.stdout``/``sys.stderr``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
 import os
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ImportRejected
+from .flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour, SynthesisSettings
 
 if TYPE_CHECKING:
     import torch
@@ -33,92 +44,57 @@ S3GEN_SR = 24_000  # rate of S3Gen's reference and of the synthesised audio
 DEC_COND_SECONDS = 10  # S3Gen reference length used by every flavour
 SPEECH_VOCAB = 6561  # tokens at or above this are special, never audio
 
-
-@dataclass(frozen=True)
-class Flavour:
-    """One Chatterbox model family: where its weights are and how it conditions on a voice."""
-
-    name: str
-    repo_id: str
-    ve_file: str
-    t3_file: str
-    s3gen_file: str
-    tokenizer_file: str
-    prompt_seconds: int  # upstream ENC_COND_LEN / S3_SR
-    prompt_tokens: int  # upstream T3Config.speech_cond_prompt_len
-    min_seconds: float  # shortest reference the flavour accepts
-    summary: str
+NOISY_LOGGERS = ("transformers", "diffusers", "chatterbox", "perth", "numba", "urllib3", "root")
+NOISY_MODULES = r"(chatterbox|diffusers|transformers|torch|perth|huggingface_hub|s3tokenizer|pyloudnorm|librosa)"
+#: Upstream modules that print or draw tqdm bars during inference.
+CHATTY_UPSTREAM = (
+    "chatterbox.models.t3.t3",
+    "chatterbox.models.s3gen.flow_matching",
+    "chatterbox.models.s3gen.s3gen",
+    "chatterbox.models.s3gen.hifigan",
+    "chatterbox.tts_turbo",
+)
+_silenced = threading.Lock()
+_silenced_done = False
 
 
-FLAVOURS: dict[str, Flavour] = {
-    flavour.name: flavour
-    for flavour in (
-        Flavour(
-            "english",
-            "ResembleAI/chatterbox",
-            "ve.safetensors",
-            "t3_cfg.safetensors",
-            "s3gen.safetensors",
-            "tokenizer.json",
-            6,
-            150,
-            0.0,
-            "ChatterboxTTS (English)",
-        ),
-        Flavour(
-            "multilingual",
-            "ResembleAI/chatterbox",
-            "ve.pt",
-            "t3_mtl23ls_v2.safetensors",
-            "s3gen.pt",
-            "grapheme_mtl_merged_expanded_v1.json",
-            6,
-            150,
-            0.0,
-            "ChatterboxMultilingualTTS (23 languages, needs --language)",
-        ),
-        Flavour(
-            "turbo",
-            "ResembleAI/chatterbox-turbo",
-            "ve.safetensors",
-            "t3_turbo_v1.safetensors",
-            "s3gen_meanflow.safetensors",
-            "tokenizer_config.json",
-            15,
-            375,
-            5.0,
-            "ChatterboxTurboTTS (fast, English, reference > 5 s)",
-        ),
-    )
-}
-DEFAULT_FLAVOUR = "english"
+def _discard(*_args: object, **_kwargs: object) -> None:
+    """Stands in for ``print`` inside upstream modules whose prints are debugging leftovers."""
 
 
-def flavour_named(name: str) -> Flavour:
-    try:
-        return FLAVOURS[name]
-    except KeyError:
-        raise CheckpointError(f"unknown model {name!r}; choose one of {', '.join(FLAVOURS)}") from None
+def silence_third_party() -> None:
+    """Configure the libraries Chatterbox uses to keep quiet; idempotent and thread-safe.
 
-
-@contextlib.contextmanager
-def quiet(keep_stderr: bool = False) -> Iterator[None]:
-    """Keep third-party warnings, log lines, prints and progress bars off the user's terminal.
-
-    Our own progress display writes to the real stderr it captured at start-up, so it still shows.
-    ``keep_stderr`` lets huggingface_hub's download progress through while weights load.
+    Log levels and warnings filters are set for the named libraries only, and upstream's inference
+    modules get a ``print`` that discards and a ``tqdm`` that is disabled: the user's own loggers,
+    warnings and progress bars keep working.
     """
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    previous_disable = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    stderr = contextlib.nullcontext() if keep_stderr else contextlib.redirect_stderr(io.StringIO())
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), stderr:
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous_disable)
+    global _silenced_done
+    with _silenced:
+        if _silenced_done:
+            return
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        for name in NOISY_LOGGERS:
+            if name != "root":
+                logging.getLogger(name).setLevel(logging.ERROR)
+        for category in (UserWarning, FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
+        _silenced_done = True
+
+
+def _mute_upstream() -> None:
+    """Replace ``print`` and ``tqdm`` in upstream's inference modules (after they are imported)."""
+    import importlib
+
+    from tqdm import tqdm
+
+    quiet_tqdm = functools.partial(tqdm, disable=True)
+    for name in CHATTY_UPSTREAM:
+        module = importlib.import_module(name)
+        module.print = _discard  # type: ignore[attr-defined] - shadows the builtin in that module only
+        if hasattr(module, "tqdm"):
+            module.tqdm = quiet_tqdm  # type: ignore[attr-defined]
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -166,14 +142,14 @@ class T3Shape:
         return cls(len(layers), int(gate.shape[0]) if gate is not None else None)
 
 
-def t3_config(flavour: str = DEFAULT_FLAVOUR, shape: T3Shape | None = None):
+def t3_config(flavour: Flavour, shape: T3Shape | None = None):
     """Upstream's T3Config of ``flavour`` (as its ``from_local`` builds it), resized to ``shape``."""
     from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
     from chatterbox.models.t3.modules.t3_config import T3Config
 
-    if flavour == "multilingual":
+    if flavour.multilingual:
         config = T3Config.multilingual()
-    elif flavour == "turbo":
+    elif flavour.gpt2_t3:
         config = T3Config(text_tokens_dict_size=50276)
         config.llama_config_name = "GPT2_medium"
         config.speech_tokens_dict_size = 6563
@@ -275,43 +251,45 @@ class Checkpoint:
             raise CheckpointError(f"cannot get the {flavour.name} tokenizer from the Hugging Face hub.") from exc
 
 
-@dataclass(frozen=True)
-class SynthesisSettings:
-    """Sampling settings of one ``speak`` call; defaults are upstream's ``generate`` defaults."""
+class Engine:
+    """Chatterbox's networks for one checkpoint and device, each loaded on first use and kept.
 
-    exaggeration: float = 0.5
-    cfg_weight: float = 0.5
-    temperature: float = 0.8
-    max_tokens: int = 1000
-    language: str | None = None
-    repetition_penalty: float | None = None  # None: the flavour's upstream default
-    min_p: float = 0.05
-    top_p: float = 1.0
-
-    def repetition_penalty_for(self, flavour: Flavour) -> float:
-        """Upstream's default differs by model: 2.0 for the multilingual one, 1.2 for the others."""
-        if self.repetition_penalty is not None:
-            return self.repetition_penalty
-        return 2.0 if flavour.name == "multilingual" else 1.2
-
-
-class ChatterboxModels:
-    """Chatterbox's models, each loaded on first use and kept: a process pays for what it touches."""
+    A process pays for what it touches (matching loads only the voice encoder), and every thread
+    shares what is loaded.
+    """
 
     def __init__(self, checkpoint: Checkpoint, device: str = "cpu") -> None:
         self.checkpoint = checkpoint
         self.device = device
-        self._modules: dict[str, Any] = {}
+        self._networks: dict[str, Any] = {}
+        self._guard = threading.Lock()  # protects the two dicts below
+        self._loading: dict[str, threading.Lock] = {}
+        self._sampling = threading.Lock()
+        silence_third_party()
 
-    def _cached(self, key: str, load) -> Any:
-        if key not in self._modules:
-            with quiet(keep_stderr=True):
-                self._modules[key] = load()
-        return self._modules[key]
+    def _cached(self, key: str, load: Callable[[], Any]) -> Any:
+        """``load()`` once per key, even when several threads ask at the same moment."""
+        if key in self._networks:
+            return self._networks[key]
+        with self._guard:
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._networks:
+                self._networks[key] = load()
+        return self._networks[key]
+
+    def loaded(self) -> list[str]:
+        """Keys of what is loaded so far (``"t3:english"``, ``"ve"``, ...): what a call has paid for."""
+        return sorted(self._networks)
 
     # -- voice encoder ---------------------------------------------------------------------
     def _ve_path(self) -> Path:
-        """``ve.safetensors``, or the multilingual layout's ``ve.pt`` in a local directory that has only that."""
+        """``ve.safetensors``, or the multilingual layout's ``ve.pt`` in a local directory that has only that.
+
+        Every flavour shares this one encoder, so a voice has one embedding, used for matching and as
+        every flavour's ``t3.speaker_emb`` (upstream's multilingual loader reads ``ve.pt``, which holds
+        the same network).
+        """
         english = FLAVOURS[DEFAULT_FLAVOUR]
         directory = self.checkpoint.directory
         if directory is not None and not (directory / english.ve_file).exists() and (directory / "ve.pt").exists():
@@ -331,12 +309,17 @@ class ChatterboxModels:
 
     @property
     def encoder_checksum(self) -> str:
-        """SHA-256 of the voice-encoder weights: embeddings from different encoders never mix."""
-        if "ve_sha" not in self._modules:
+        """SHA-256 of the voice-encoder weights: embeddings from different encoders never mix.
+
+        Cheap (no network is loaded), so callers check compatibility before embedding anything.
+        """
+
+        def load() -> str:
             from .files import sha256_file
 
-            self._modules["ve_sha"] = sha256_file(self._ve_path())
-        return self._modules["ve_sha"]
+            return sha256_file(self._ve_path())
+
+        return self._cached("ve_sha", load)
 
     def embed(self, wav_16k: np.ndarray) -> np.ndarray:
         """Utterance embedding of one clip at 16 kHz: L2-normalised float32 of shape (256,).
@@ -344,8 +327,10 @@ class ChatterboxModels:
         The same call as ``ChatterboxTTS.prepare_conditionals``: ``embeds_from_wavs`` with its
         defaults (trim at 20 dB, partials at rate 1.3).
         """
+        import torch
+
         encoder = self.encoder
-        with quiet():
+        with torch.inference_mode():
             embedding = encoder.embeds_from_wavs([wav_16k], sample_rate=S3_SR)[0]
         return embedding.astype(np.float32)
 
@@ -354,20 +339,22 @@ class ChatterboxModels:
         def load():
             from chatterbox.models.s3gen import S3Gen
 
+            _mute_upstream()
             path = self.checkpoint.file(flavour, flavour.s3gen_file)
-            model = S3Gen(meanflow=True) if flavour.name == "turbo" else S3Gen()
-            _fit(model, _load_state(path), path, strict=flavour.name != "english")
-            return model.to(self.device).eval()
+            network = S3Gen(meanflow=True) if flavour.meanflow_s3gen else S3Gen()
+            _fit(network, _load_state(path), path, strict=flavour.strict_s3gen_weights)
+            return network.to(self.device).eval()
 
         return self._cached(f"s3gen:{flavour.s3gen_file}", load)
 
     def fingerprint(self, flavour: Flavour) -> str:
         """Identity of the checkpoint that conditionals of ``flavour`` depend on."""
-        key = f"fp:{flavour.name}"
-        if key not in self._modules:
+
+        def load() -> str:
             s3gen = _quick_fingerprint(self.checkpoint.file(flavour, flavour.s3gen_file))
-            self._modules[key] = f"{flavour.name}:ve={self.encoder_checksum[:16]}:s3gen={s3gen}"
-        return self._modules[key]
+            return f"{flavour.name}:ve={self.encoder_checksum[:16]}:s3gen={s3gen}"
+
+        return self._cached(f"fp:{flavour.name}", load)
 
     def conditionals(
         self, flavour: Flavour, wav_24k: np.ndarray, speaker_embedding: np.ndarray, exaggeration: float = 0.5
@@ -375,7 +362,10 @@ class ChatterboxModels:
         """Chatterbox ``Conditionals`` for a voice, computed as upstream ``prepare_conditionals`` does.
 
         ``wav_24k`` is the reference clip at 24 kHz (float32, mono); ``speaker_embedding`` the voice's
-        mean embedding (256,), which becomes ``t3.speaker_emb`` -- the same vector as in the index.
+        embedding (256,), which becomes ``t3.speaker_emb`` -- the same vector as in the index. For
+        Turbo the reference is loudness-normalised before the prompt and S3Gen reference are taken,
+        as upstream does; the speaker embedding stays the library's (upstream embeds the normalised
+        clip, which moves the vector slightly).
         """
         import librosa
         import torch
@@ -383,8 +373,8 @@ class ChatterboxModels:
         from chatterbox.tts import Conditionals
 
         s3gen = self.s3gen(flavour)
-        with quiet(), torch.inference_mode():
-            if flavour.name == "turbo":
+        with torch.inference_mode():
+            if flavour.loudness_normalised_reference:
                 wav_24k = _normalise_loudness(wav_24k)
             wav_16k = librosa.resample(wav_24k, orig_sr=S3GEN_SR, target_sr=S3_SR)
             ref_dict = s3gen.embed_ref(wav_24k[: DEC_COND_SECONDS * S3GEN_SR], S3GEN_SR, device=self.device)
@@ -403,21 +393,22 @@ class ChatterboxModels:
         def load():
             from chatterbox.models.t3 import T3
 
+            _mute_upstream()
             path = self.checkpoint.file(flavour, flavour.t3_file)
             state = _load_state(path)
             if "model" in state:  # upstream's loaders accept this wrapped form too
                 state = state["model"][0]
-            model = T3(t3_config(flavour.name, T3Shape.of(state)))
-            _fit(model, state, path)
-            if flavour.name == "turbo":
-                del model.tfmr.wte
-            return model.to(self.device).eval()
+            network = T3(t3_config(flavour, T3Shape.of(state)))
+            _fit(network, state, path)
+            if flavour.gpt2_t3:
+                del network.tfmr.wte
+            return network.to(self.device).eval()
 
         return self._cached(f"t3:{flavour.name}", load)
 
     def tokenizer(self, flavour: Flavour):
         def load():
-            if flavour.name == "turbo":
+            if flavour.gpt2_t3:
                 from transformers import AutoTokenizer
 
                 tokenizer = AutoTokenizer.from_pretrained(self.checkpoint.tokenizer_dir(flavour))
@@ -428,11 +419,11 @@ class ChatterboxModels:
 
             path = self.checkpoint.file(flavour, flavour.tokenizer_file)
             try:
-                if flavour.name == "multilingual":
+                if flavour.multilingual:
                     return _multilingual_tokenizer(MTLTokenizer, path)
                 return EnTokenizer(str(path))
             except Exception as exc:  # noqa: BLE001 - a broken tokenizer file
-                raise CheckpointError(f"{path} is not a Chatterbox tokenizer ({exc}).") from exc
+                raise CheckpointError(f"{path.name} is not a Chatterbox tokenizer ({type(exc).__name__}).") from exc
 
         return self._cached(f"tok:{flavour.name}", load)
 
@@ -448,17 +439,41 @@ class ChatterboxModels:
         """Load everything ``synthesize`` needs, so that its timing excludes loading."""
         self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour), self.watermarker()
 
+    @contextlib.contextmanager
+    def sampling(self, seed: int | None) -> Iterator[None]:
+        """Hold the engine's sampler for one call's chunks, seeded when ``seed`` is given.
+
+        Upstream samples from torch's global generator, so calls take turns; the global RNG state
+        is forked and restored, so seeding never leaks into the rest of the process.
+        """
+        import torch
+
+        with self._sampling, torch.random.fork_rng(devices=self._cuda_devices()):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+
+    def _cuda_devices(self) -> list[int]:
+        import torch
+
+        if str(self.device).startswith("cuda") and torch.cuda.is_available():
+            return [torch.device(self.device).index or 0]
+        return []
+
     def synthesize(self, flavour: Flavour, conds, text: str, settings: SynthesisSettings) -> np.ndarray:
         """One chunk of text spoken with saved ``conds``: float32 mono audio at 24 kHz.
 
-        Mirrors upstream ``generate`` step for step, with ``max_new_tokens`` under our control.
+        Mirrors upstream ``generate`` step for step, with ``max_new_tokens`` under our control. Call
+        it inside ``sampling()``.
         """
         import torch
 
         t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
         conds = conds.to(self.device)
-        with quiet(), torch.inference_mode():
-            if flavour.name != "turbo":
+        with torch.inference_mode():
+            if flavour.gpt2_t3:
+                speech_tokens = self._turbo_tokens(flavour, t3, tokenizer, conds, text, settings)
+            else:
                 from chatterbox.models.t3.modules.cond_enc import T3Cond
 
                 conds.t3 = T3Cond(
@@ -466,14 +481,11 @@ class ChatterboxModels:
                     cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
                     emotion_adv=settings.exaggeration * torch.ones(1, 1, 1),
                 ).to(device=self.device)
-            if flavour.name == "turbo":
-                speech_tokens = self._turbo_tokens(t3, tokenizer, conds, text, settings)
-            else:
                 speech_tokens = self._t3_tokens(flavour, t3, tokenizer, conds, text, settings)
             wav, _ = s3gen.inference(
                 speech_tokens=speech_tokens.to(self.device),
                 ref_dict=conds.gen,
-                **({"n_cfm_timesteps": 2} if flavour.name == "turbo" else {}),
+                **({"n_cfm_timesteps": 2} if flavour.meanflow_s3gen else {}),
             )
             wav = wav.squeeze(0).detach().cpu().numpy()
             return np.asarray(self.watermarker().apply_watermark(wav, sample_rate=S3GEN_SR), dtype=np.float32)
@@ -484,7 +496,7 @@ class ChatterboxModels:
         import torch.nn.functional as F
         from chatterbox.models.s3tokenizer import drop_invalid_tokens
 
-        if flavour.name == "multilingual":
+        if flavour.multilingual:
             from chatterbox.mtl_tts import punc_norm
 
             language = (settings.language or "en").lower()
@@ -499,7 +511,7 @@ class ChatterboxModels:
 
             text_tokens = tokenizer.text_to_tokens(punc_norm(text))
         text_tokens = text_tokens.to(self.device)
-        if settings.cfg_weight > 0.0 or flavour.name == "multilingual":  # upstream multilingual always pairs them
+        if settings.cfg_weight > 0.0 or flavour.always_paired_cfg:
             text_tokens = torch.cat([text_tokens, text_tokens], dim=0)
         text_tokens = F.pad(text_tokens, (1, 0), value=t3.hp.start_text_token)
         text_tokens = F.pad(text_tokens, (0, 1), value=t3.hp.stop_text_token)
@@ -511,12 +523,12 @@ class ChatterboxModels:
             cfg_weight=settings.cfg_weight,
             repetition_penalty=settings.repetition_penalty_for(flavour),
             min_p=settings.min_p,
-            top_p=settings.top_p,
+            top_p=settings.top_p_for(flavour),
         )[0]
         speech_tokens = drop_invalid_tokens(speech_tokens)
         return speech_tokens[speech_tokens < SPEECH_VOCAB]
 
-    def _turbo_tokens(self, t3, tokenizer, conds, text: str, settings: SynthesisSettings):
+    def _turbo_tokens(self, flavour: Flavour, t3, tokenizer, conds, text: str, settings: SynthesisSettings):
         """Speech tokens from Turbo's GPT-2 T3, as upstream ``ChatterboxTurboTTS.generate`` (no CFG or exaggeration)."""
         import torch
         from chatterbox.models.s3gen.const import S3GEN_SIL
@@ -527,8 +539,8 @@ class ChatterboxModels:
             t3_cond=conds.t3,
             text_tokens=text_tokens.input_ids.to(self.device),
             temperature=settings.temperature,
-            top_p=0.95,
-            repetition_penalty=settings.repetition_penalty_for(FLAVOURS["turbo"]),
+            top_p=settings.top_p_for(flavour),
+            repetition_penalty=settings.repetition_penalty_for(flavour),
             max_gen_len=settings.max_tokens,
         )
         speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB]
@@ -559,15 +571,17 @@ def _multilingual_tokenizer(tokenizer_class: type, path: Path) -> Any:
                 sys.modules["spacy_pkuseg"] = saved
 
 
-_SHARED: dict[tuple[Path | None, str], ChatterboxModels] = {}
+_SHARED: dict[tuple[Path | None, str], Engine] = {}
+_SHARED_LOCK = threading.Lock()
 
 
-def shared_models(directory: Path | None, device: str) -> ChatterboxModels:
-    """One ``ChatterboxModels`` per (checkpoint, device) in this process: weights load once."""
+def shared_engine(directory: Path | None, device: str) -> Engine:
+    """One ``Engine`` per (checkpoint, device) in this process: weights load once, whoever asks."""
     key = (directory.resolve() if directory else None, device)
-    if key not in _SHARED:
-        _SHARED[key] = ChatterboxModels(Checkpoint(directory), device)
-    return _SHARED[key]
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Engine(Checkpoint(directory), device)
+        return _SHARED[key]
 
 
 def _normalise_loudness(wav: np.ndarray, target_lufs: float = -27.0) -> np.ndarray:
@@ -597,16 +611,12 @@ def read_conditionals(data: bytes, source: str):
 
     Returns upstream ``Conditionals``; anything unexpected is an ``ImportRejected`` naming ``source``.
     """
-    import io as _io
-
     import torch
     from chatterbox.models.t3.modules.cond_enc import T3Cond
 
-    from .errors import ImportRejected
-
+    silence_third_party()
     try:
-        with quiet():
-            raw = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle payloads and garbage both end here
         raise ImportRejected(f"{source}: not a safe Chatterbox conditionals file ({type(exc).__name__}).") from exc
     if not isinstance(raw, dict) or set(raw) != {"t3", "gen"} or not all(isinstance(raw[k], dict) for k in raw):

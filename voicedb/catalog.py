@@ -1,0 +1,292 @@
+"""Finding, listing, renaming and removing voices, and the one write protocol every change goes through.
+
+The write protocol (what makes a crash harmless): slow model work happens before it, outside any
+lock. Inside ``Catalog.write``, holding the writer lock, files are written under temporary names,
+fsynced and renamed into place, rows change, and one commit makes it all real. A crash before the
+commit leaves unreferenced files (reported and removed by ``check --repair``), never a row
+pointing at a missing file. After the commit nothing can fail: files the change dropped are
+deleted (a failure leaves an orphan) and the index is updated (a failure leaves it stale, and it
+is rebuilt from the store by the next reader).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from .context import LibraryContext
+from .errors import AmbiguousVoice, DuplicateClip, InvalidName, LibraryError, NameTaken, VoiceNotFound
+from .faults import crash_point
+from .files import atomic_path
+from .records import Voice
+from .store import ClipRow, VoiceRow, utcnow
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{8}$")
+#: The shortest start of an id that ``resolve`` accepts (shorter prefixes are too often ambiguous).
+MIN_PREFIX = 4
+MAX_NAME = 100
+
+
+def check_name(name: str) -> str:
+    """Names must be typeable on a command line and never mistaken for an id."""
+    name = name.strip()
+    if not name:
+        raise InvalidName("a voice name cannot be empty.")
+    if len(name) > MAX_NAME:
+        raise InvalidName(f"a voice name can be at most {MAX_NAME} characters.")
+    if any(not ch.isprintable() for ch in name):
+        raise InvalidName(f"voice name {name!r} contains control characters.")
+    if ID_PATTERN.match(name):
+        raise InvalidName(f"voice name {name!r} looks like a voice id; choose another.")
+    return name
+
+
+def voice_record(row: VoiceRow) -> Voice:
+    return Voice(
+        id=row.id,
+        name=row.name,
+        tags=list(row.tags or []),
+        clips=len(row.clips),
+        seconds=round(sum(clip.duration_s for clip in row.clips), 2),
+        models=sorted(c.flavour for c in row.conditionals),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+@dataclass
+class Change:
+    """One change in progress inside ``Catalog.write``: its session, the files it writes, and what
+    must follow the commit."""
+
+    session: Session
+    home: Path
+    reindexed: list[VoiceRow] = field(default_factory=list)
+    unindexed: list[int] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    generation: int | None = None
+
+    def put_file(self, relative: str, write: Callable[[Path], None]) -> None:
+        """Write a library file atomically: ``write(temp_path)``, fsync, rename to ``relative``.
+
+        A file the change creates is removed again if the change fails before its commit.
+        """
+        target = self.home / relative
+        existed = target.exists()
+        with atomic_path(target) as temp:
+            write(temp)
+        if not existed:
+            self.written.append(target)
+
+    def reindex(self, row: VoiceRow) -> None:
+        """The voice's vector is new or changed: index it after the commit."""
+        self.reindexed.append(row)
+
+    def unindex(self, pk: int) -> None:
+        self.unindexed.append(pk)
+
+    def drop_file(self, relative: str) -> None:
+        """Delete a library file once the commit no longer refers to it."""
+        self.dropped.append(relative)
+
+    def new_voice_id(self) -> str:
+        while True:
+            candidate = secrets.token_hex(4)
+            taken = self.session.scalar(select(VoiceRow.pk).where(VoiceRow.id == candidate))
+            if ID_PATTERN.match(candidate) and not taken:
+                return candidate
+
+
+class Catalog:
+    """Voices by id, name or id prefix; listing, renaming, removing; the write protocol."""
+
+    def __init__(self, ctx: LibraryContext) -> None:
+        self.ctx = ctx
+
+    # -- the write protocol ----------------------------------------------------------------
+    @contextmanager
+    def write(self, phase: str) -> Iterator[Change]:
+        """Hold the writer lock around one transaction; see the module docstring.
+
+        ``phase`` names the crash points ``<phase>:before-commit`` and ``<phase>:committed``.
+        """
+        ctx = self.ctx
+        ctx.require_writable()
+        with ctx.writer.held():
+            change: Change | None = None
+            try:
+                with ctx.store.session() as session:
+                    change = Change(session, ctx.home)
+                    yield change
+                    if change.reindexed or change.unindexed:
+                        change.generation = ctx.store.bump_generation(session)
+                    session.flush()
+                    crash_point(f"{phase}:before-commit")
+            except BaseException as exc:
+                for path in change.written if change else ():
+                    path.unlink(missing_ok=True)
+                if isinstance(exc, IntegrityError):
+                    raise LibraryError(
+                        "another change to the same voice got there first; nothing was changed."
+                    ) from exc
+                raise
+            crash_point(f"{phase}:committed")
+            for relative in change.dropped:
+                with suppress(OSError):  # a file left behind is an orphan, which `check --repair` removes
+                    ctx.path(relative).unlink(missing_ok=True)
+                crash_point(f"{phase}:file-deleted")
+            if change.generation is not None:
+                ctx.index.apply(
+                    change.generation,
+                    add=[(row.pk, row.vector.copy()) for row in change.reindexed],
+                    remove=change.unindexed,
+                )
+
+    # -- reading -----------------------------------------------------------------------------
+    def row(self, session: Session, ref: str) -> VoiceRow:
+        """A voice by exact id, exact name, or unique id prefix (at least ``MIN_PREFIX`` characters)."""
+        ref = ref.strip()
+        options = (selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))
+        for column in (VoiceRow.id, VoiceRow.name):
+            row = session.scalars(select(VoiceRow).where(column == ref).options(*options)).first()
+            if row is not None:
+                return row
+        if len(ref) >= MIN_PREFIX and re.fullmatch(r"[0-9a-f]+", ref):
+            rows = session.scalars(select(VoiceRow).where(VoiceRow.id.startswith(ref)).options(*options).limit(2)).all()
+            if len(rows) == 1:
+                return rows[0]
+            if len(rows) > 1:
+                raise AmbiguousVoice(f"{ref!r} is the start of several voice ids; type more of it.")
+        raise VoiceNotFound(f"no voice with id or name {ref!r} (see `voicedb list`).")
+
+    def rows(self, session: Session) -> list[VoiceRow]:
+        return list(
+            session.scalars(
+                select(VoiceRow)
+                .order_by(VoiceRow.pk)
+                .options(selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))
+            )
+        )
+
+    def list(self) -> list[Voice]:
+        with self.ctx.store.session() as session:
+            return [voice_record(row) for row in self.rows(session)]
+
+    def get(self, ref: str) -> Voice:
+        with self.ctx.store.session() as session:
+            return voice_record(self.row(session, ref))
+
+    def by_pks(self, pks: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """pk -> (id, name) for the given primary keys that exist."""
+        with self.ctx.store.session() as session:
+            found = session.execute(select(VoiceRow.pk, VoiceRow.id, VoiceRow.name).where(VoiceRow.pk.in_(pks)))
+            return {pk: (voice_id, name) for pk, voice_id, name in found}
+
+    def details(self, ref: str) -> dict[str, Any]:
+        """Everything stored about a voice: what ``voicedb show`` prints."""
+        with self.ctx.store.session() as session:
+            row = self.row(session, ref)
+            return {
+                **voice_record(row).to_dict(),
+                "clip_files": [
+                    {
+                        "file": c.file,
+                        "source": c.source_name,
+                        "seconds": round(c.duration_s, 2),
+                        "speech_seconds": round(c.speech_s, 2),
+                        "sample_rate": c.sample_rate,
+                        "sha256": c.sha256,
+                    }
+                    for c in row.clips
+                ],
+                "conditionals": [
+                    {
+                        "model": c.flavour,
+                        "file": c.file,
+                        "sha256": c.sha256,
+                        "checkpoint": c.checkpoint,
+                        "reference_clip": c.clip_sha256,
+                    }
+                    for c in row.conditionals
+                ],
+                "encoder": row.encoder,
+            }
+
+    def vector(self, ref: str) -> np.ndarray:
+        """A voice's stored embedding (float32, (256,))."""
+        with self.ctx.store.session() as session:
+            return self.row(session, ref).vector.copy()
+
+    def holder_of_clip(self, sha256: str, session: Session | None = None) -> str | None:
+        """The id of the voice that already has this exact recording (one indexed lookup), if any."""
+        if session is None:
+            with self.ctx.store.session() as session:
+                return self.holder_of_clip(sha256, session)
+        return session.scalar(select(VoiceRow.id).join(ClipRow).where(ClipRow.sha256 == sha256))
+
+    def refuse_duplicate_clips(self, shas: dict[str, str], session: Session | None = None) -> None:
+        """``shas``: sha256 -> what to call the clip in the message. Raises ``DuplicateClip`` for the first held."""
+        for sha, label in shas.items():
+            if holder := self.holder_of_clip(sha, session):
+                raise DuplicateClip(f"{label}: this exact recording is already enrolled in voice {holder}.")
+
+    def check_name_free(self, name: str, session: Session | None = None) -> None:
+        if session is None:
+            with self.ctx.store.session() as session:
+                return self.check_name_free(name, session)
+        if session.scalar(select(func.count()).select_from(VoiceRow).where(VoiceRow.name == name)):
+            raise NameTaken(
+                f"a voice named {name!r} already exists; choose another name or use --voice to add clips to it."
+            )
+        return None
+
+    # -- changing ----------------------------------------------------------------------------
+    def rename(self, ref: str, new_name: str) -> Voice:
+        """Give a voice a new unique name; its id never changes."""
+        new_name = check_name(new_name)
+        with self.write("rename") as change:
+            row = self.row(change.session, ref)
+            if row.name != new_name:
+                self.check_name_free(new_name, change.session)
+                row.name, row.updated_at = new_name, utcnow()
+            renamed = voice_record(row)
+        return renamed
+
+    def update_tags(self, ref: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Voice:
+        """Add and remove tags of a voice."""
+        with self.write("tags") as change:
+            row = self.row(change.session, ref)
+            row.tags = sorted((set(row.tags or []) | set(add)) - set(remove))
+            row.updated_at = utcnow()
+            updated = voice_record(row)
+        return updated
+
+    def remove(self, refs: Sequence[str]) -> list[Voice]:
+        """Delete voices -- rows, index entries, kept clips and conditionals -- all or none.
+
+        Every reference is resolved before anything is deleted, so a typo removes nothing.
+        """
+        with self.write("rm") as change:
+            rows = {}
+            for ref in refs:
+                row = self.row(change.session, ref)
+                rows[row.pk] = row
+            removed = []
+            for row in rows.values():
+                removed.append(voice_record(row))
+                for stored in [*row.clips, *row.conditionals]:
+                    change.drop_file(stored.file)
+                change.unindex(row.pk)
+                change.session.delete(row)
+        return removed

@@ -1,0 +1,150 @@
+"""A voice's saved Chatterbox conditionals: derive, save, load, and tell when they are outdated.
+
+Conditionals are saved with upstream ``Conditionals.save`` as ``conds/<id>.<flavour>.<sha12>.pt``:
+the name carries the content hash, so re-deriving never overwrites the file a committed row points
+at. Saved conditionals are current while they were made with this checkpoint and their
+``t3.speaker_emb`` is still the voice's vector; otherwise they are derived again on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import BestReference, LoadedClip, load_clip
+from .catalog import Catalog, Change
+from .context import CONDS_DIR, LibraryContext
+from .errors import AudioError, LibraryError
+from .files import sha256_file
+from .flavours import Flavour, flavour_named
+from .store import ConditionalsRow, VoiceRow, utcnow
+
+#: How far ``t3.speaker_emb`` may drift from the voice vector (float32 round trips) and still be current.
+SPEAKER_TOLERANCE = 1e-4
+IMPORTED = "imported"  # the checkpoint fingerprint of conditionals that came from a file
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Conditionals computed and serialised, ready to be saved by a change."""
+
+    flavour: str
+    data: bytes  # upstream ``Conditionals.save`` output
+    fingerprint: str
+    clip_sha256: str | None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def serialise(conds: Any) -> bytes:
+    buffer = io.BytesIO()
+    conds.save(buffer)
+    return buffer.getvalue()
+
+
+def speaker_matches(conds: Any, vector: np.ndarray) -> bool:
+    """Whether saved conditionals still carry the voice's vector as ``t3.speaker_emb``."""
+    speaker = conds.t3.speaker_emb.detach().cpu().numpy().reshape(-1)
+    return speaker.shape == vector.shape and bool(np.allclose(speaker, vector, atol=SPEAKER_TOLERANCE))
+
+
+def best_reference(clips: Iterable[Path], flavour: Flavour) -> LoadedClip | None:
+    """The clip that conditions a voice best (see ``audio.reference_rank``); unreadable ones are skipped."""
+    best = BestReference()
+    for path in clips:
+        try:
+            best.offer(load_clip(path, flavour.min_seconds))
+        except AudioError:
+            continue
+    return best.clip
+
+
+class ConditionalsStore:
+    def __init__(self, ctx: LibraryContext, catalog: Catalog) -> None:
+        self.ctx = ctx
+        self.catalog = catalog
+
+    def compute(self, flavour: Flavour, reference: LoadedClip, vector: np.ndarray) -> Prepared:
+        """The slow part, done before any lock: run the model and serialise the result."""
+        engine = self.ctx.engine
+        value = engine.conditionals(flavour, reference.wav_24k, vector)
+        return Prepared(flavour.name, serialise(value), engine.fingerprint(flavour), reference.sha256)
+
+    def save(self, change: Change, row: VoiceRow, prepared: Prepared) -> None:
+        """Within a change: write the file and point the voice's row for that flavour at it."""
+        checksum = prepared.sha256
+        relative = f"{CONDS_DIR}/{row.id}.{prepared.flavour}.{checksum[:12]}.pt"
+        change.put_file(relative, lambda temp: temp.write_bytes(prepared.data))
+        existing = next((c for c in row.conditionals if c.flavour == prepared.flavour), None)
+        if existing is None:
+            existing = ConditionalsRow(flavour=prepared.flavour)
+            row.conditionals.append(existing)
+        elif existing.file != relative:
+            change.drop_file(existing.file)
+        existing.file, existing.sha256, existing.checkpoint = relative, checksum, prepared.fingerprint
+        existing.clip_sha256, existing.created_at = prepared.clip_sha256, utcnow()
+
+    def derive(self, ref: str, model: str) -> None:
+        """(Re)compute a voice's conditionals for ``model`` from its kept reference audio and save them."""
+        flavour = flavour_named(model)
+        with self.ctx.store.session() as session:
+            row = self.catalog.row(session, ref)
+            voice_id, vector = row.id, row.vector.copy()
+            kept = [self.ctx.path(c.file) for c in row.clips if self.ctx.path(c.file).exists()]
+        if not kept:
+            raise LibraryError(f"voice {voice_id} has no kept reference audio to derive {model} conditionals from.")
+        reference = best_reference(kept, flavour)
+        if reference is None:
+            raise LibraryError(f"the kept reference audio of voice {voice_id} is unreadable; re-add the voice's clips.")
+        prepared = self.compute(flavour, reference, vector)
+        with self.catalog.write("derive") as change:
+            row = self.catalog.row(change.session, voice_id)
+            if not np.array_equal(row.vector, vector):
+                raise LibraryError(f"voice {voice_id} changed while its conditionals were derived; try again.")
+            self.save(change, row, prepared)
+
+    def load(self, ref: str, model: str = "english") -> Any:
+        """A voice's saved Chatterbox ``Conditionals`` for ``model``, derived first if missing or outdated."""
+        flavour = flavour_named(model)
+        with self.ctx.store.session() as session:
+            row = self.catalog.row(session, ref)
+            voice_id, vector, has_clips = row.id, row.vector.copy(), bool(row.clips)
+            saved = next((c for c in row.conditionals if c.flavour == flavour.name), None)
+        if saved is None:
+            self._derive_or_explain(voice_id, flavour, has_clips)
+            return self.load(voice_id, model)
+        conds = self.read(saved)
+        derived = saved.clip_sha256 is not None
+        outdated = derived and saved.checkpoint != self.ctx.engine.fingerprint(flavour)
+        if (outdated or not speaker_matches(conds, vector)) and has_clips:
+            self.derive(voice_id, flavour.name)
+            return self.load(voice_id, model)
+        return conds
+
+    def _derive_or_explain(self, voice_id: str, flavour: Flavour, has_clips: bool) -> None:
+        if not has_clips:
+            raise LibraryError(
+                f"voice {voice_id} has no {flavour.name} conditionals and no clips to derive them from; "
+                f"add clips with `voicedb add CLIP --voice {voice_id}`."
+            )
+        self.derive(voice_id, flavour.name)
+
+    def read(self, saved: ConditionalsRow) -> Any:
+        """Load one saved file after verifying its checksum."""
+        from .engine import conditionals_class
+
+        path = self.ctx.path(saved.file)
+        if not path.exists() or sha256_file(path) != saved.sha256:
+            raise LibraryError(
+                f"the {saved.flavour} conditionals of a voice ({saved.file}) are missing or corrupt; "
+                "run `voicedb check --repair`."
+            )
+        return conditionals_class().load(path, map_location="cpu")

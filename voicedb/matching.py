@@ -1,0 +1,77 @@
+"""Which stored voices sound like a clip: embed the query, check the encoder, search, apply the threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import config
+from .audio import AudioInput, load_query
+from .catalog import Catalog
+from .context import LibraryContext
+from .errors import NoMatch, VoiceDBError
+from .records import Match
+
+
+def normalised(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise VoiceDBError("cannot use a zero or non-finite embedding.")
+    return (vector / norm).astype(np.float32)
+
+
+def mean_embedding(vectors: list[np.ndarray]) -> np.ndarray:
+    """The embedding of a voice with several clips: the mean of their (unit) embeddings, L2-normalised
+    to unit length again (float32, (256,)). For one clip that is the clip's own embedding, exactly as
+    upstream ``prepare_conditionals`` computes it."""
+    return normalised(np.mean(np.stack(vectors), axis=0))
+
+
+def check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise VoiceDBError(f"threshold {threshold} is not a cosine score; choose a value from -1 to 1.")
+
+
+class Matcher:
+    def __init__(self, ctx: LibraryContext, catalog: Catalog) -> None:
+        self.ctx = ctx
+        self.catalog = catalog
+
+    def embed(self, audio: AudioInput) -> np.ndarray:
+        """The speaker embedding of one clip (float32, (256,), L2-normalised)."""
+        return self.ctx.engine.embed(load_query(audio))
+
+    def match(self, audio: AudioInput, k: int = 5, threshold: float | None = config.DEFAULT_THRESHOLD) -> list[Match]:
+        """The ``k`` stored voices nearest to the speaker in ``audio``, best first.
+
+        With a ``threshold``, voices scoring below it are left out, and ``NoMatch`` (carrying the
+        nearest voices in ``.nearest``) is raised when none is left: the clip is an unknown speaker.
+        """
+        check_threshold(threshold)
+        self.ctx.check_encoder(self.ctx.engine.encoder_checksum)  # cheap: before decoding anything
+        return self.match_vector(self.embed(audio), k=k, threshold=threshold)
+
+    def match_vector(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Match]:
+        """Like ``match`` for an embedding already computed (256 floats; normalised here)."""
+        if k < 1:
+            raise VoiceDBError("k must be at least 1.")
+        check_threshold(threshold)
+        vector = normalised(vector)
+        matches = self._search(vector, k, rebuild=False)
+        if matches is None:  # the saved index names voices the store does not have: rebuild it from the truth
+            matches = self._search(vector, k, rebuild=True) or []
+        if threshold is not None:
+            kept = [m for m in matches if m.score >= threshold]
+            if not kept:
+                best = f" (best: {matches[0].name} at {matches[0].score:.3f})" if matches else " (the library is empty)"
+                raise NoMatch(f"no voice scores {threshold:.2f} or more: unknown speaker{best}.", nearest=matches)
+            matches = kept
+        return matches
+
+    def _search(self, vector: np.ndarray, k: int, rebuild: bool) -> list[Match] | None:
+        """The ``k`` nearest voices, or ``None`` when a hit is missing from the store (an inconsistent index)."""
+        hits = self.ctx.index.search(vector, k, rebuild=rebuild)
+        found = self.catalog.by_pks([pk for pk, _ in hits])
+        if any(pk not in found for pk, _ in hits):
+            return None
+        return [Match(*found[pk], score) for pk, score in hits]

@@ -1,0 +1,272 @@
+"""Voices in and out: upstream conditionals ``.pt`` files, ``.voicedb`` bundles and whole-library backups.
+
+Everything imported is untrusted: validated completely before the library is touched, then added
+by one change. A bundle's embeddings are used only when they come from this library's voice
+encoder; otherwise the voice is embedded again from the bundle's clips, or refused when it has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import audio_source, load_clip
+from .catalog import Catalog, check_name, voice_record
+from .conditionals import IMPORTED, ConditionalsStore, Prepared, serialise
+from .context import CLIPS_DIR, LibraryContext
+from .enroll import Enrollment
+from .errors import AudioError, DuplicateClip, ImportRejected, LibraryError, VoiceDBError
+from .faults import crash_point
+from .files import atomic_path, atomic_write_bytes, sha256_file
+from .flavours import FLAVOURS, flavour_named
+from .matching import mean_embedding, normalised
+from .records import AddResult, Voice
+from .store import ClipRow, MetaRow, VoiceRow, utcnow
+
+BACKUP_INDEX = "backup.json"
+
+
+def file_stem(voice_name: str) -> str:
+    """A voice name made safe as a file name: letters of any script, digits, ``_.-``; no separators."""
+    return re.sub(r"[^\w.-]+", "-", voice_name).strip("-.") or "voice"
+
+
+def refuse_overwrite(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise VoiceDBError(f"{path} already exists; choose another name or pass --force to overwrite it.")
+
+
+class Portability:
+    def __init__(
+        self, ctx: LibraryContext, catalog: Catalog, conditionals: ConditionalsStore, enrollment: Enrollment
+    ) -> None:
+        self.ctx = ctx
+        self.catalog = catalog
+        self.conditionals = conditionals
+        self.enrollment = enrollment
+
+    # -- out ------------------------------------------------------------------------------------
+    def export(
+        self, ref: str, output: Path, *, model: str = "english", bundle: bool = False, force: bool = False
+    ) -> Path:
+        refuse_overwrite(output, force)
+        if not bundle:
+            conds = self.conditionals.load(ref, model)
+            with atomic_path(output.resolve()) as temp:
+                conds.save(temp)
+            return output
+        from .bundle import npy_bytes, write_bundle
+
+        with self.ctx.store.session() as session:
+            row = self.catalog.row(session, ref)
+            members = {"embedding.npy": npy_bytes(row.vector)}
+            clips = []
+            for clip in row.clips:
+                name = f"clips/{clip.sha256}{Path(clip.file).suffix}"
+                members[name] = self._read_kept(clip.file, clip.sha256)
+                clips.append(
+                    {
+                        "file": name,
+                        "source_name": clip.source_name,
+                        "duration_s": clip.duration_s,
+                        "speech_s": clip.speech_s,
+                        "sample_rate": clip.sample_rate,
+                        "embedding": clip.vector.tolist(),
+                    }
+                )
+            for conds in row.conditionals:
+                members[f"conds/{conds.flavour}.pt"] = self._read_kept(conds.file, conds.sha256)
+            voice = {
+                "id": row.id,
+                "name": row.name,
+                "tags": list(row.tags or []),
+                "encoder": row.encoder,
+                "clips": clips,
+            }
+        write_bundle(output, voice, members)
+        return output
+
+    def _read_kept(self, relative: str, sha256: str) -> bytes:
+        try:
+            data = self.ctx.path(relative).read_bytes()
+        except OSError:
+            raise LibraryError(f"{relative} is missing from the library; run `voicedb check`.") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise LibraryError(f"{relative} is corrupt; run `voicedb check --repair`.")
+        return data
+
+    def export_all(self, directory: Path, force: bool = False) -> list[Path]:
+        """Back up every voice as ``<id>.voicedb`` in ``directory``, plus a ``backup.json`` of their checksums."""
+        refuse_overwrite(directory / BACKUP_INDEX, force)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = [
+            self.export(v.id, directory / f"{v.id}.voicedb", bundle=True, force=force) for v in self.catalog.list()
+        ]
+        index = {"format": "voicedb-backup", "version": 1, "bundles": {p.name: sha256_file(p) for p in written}}
+        atomic_write_bytes(directory / BACKUP_INDEX, json.dumps(index, indent=2).encode())
+        return written
+
+    # -- in -------------------------------------------------------------------------------------
+    def import_file(self, path: Path, *, name: str | None = None, model: str = "english") -> AddResult:
+        from .bundle import is_bundle
+
+        if not path.is_file():
+            raise AudioError(f"{path}: no such file.")
+        if is_bundle(path):
+            return self._import_bundle(path, name)
+        from .engine import read_conditionals
+
+        flavour = flavour_named(model)
+        conds = read_conditionals(path.read_bytes(), str(path))
+        name = check_name(name or path.stem)
+        self.catalog.check_name_free(name)
+        vector = normalised(conds.t3.speaker_emb.reshape(-1).numpy())
+        encoder = self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
+        prepared = {flavour.name: Prepared(flavour.name, serialise(conds), IMPORTED, None)}
+        warnings = self.enrollment.duplicate_warnings(vector)
+        voice = self._insert(name, [], vector, encoder, prepared, [])
+        return AddResult(voice, True, [], warnings)
+
+    def _import_bundle(self, path: Path, name: str | None) -> AddResult:
+        from .bundle import read_bundle
+        from .engine import read_conditionals
+
+        bundle = read_bundle(path)
+        manifest = bundle.manifest["voice"]
+        name = check_name(name or manifest["name"])
+        self.catalog.check_name_free(name)
+        clips = self._bundle_clips(path, manifest.get("clips", []), bundle.members)
+        encoder = self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
+        vector = normalised(bundle.embedding)
+        prepared: dict[str, Prepared] = {}
+        if manifest.get("encoder") != encoder:
+            if not clips:
+                raise ImportRejected(
+                    f"{path}: its embedding comes from another voice encoder and it holds no clips to embed again."
+                )
+            engine = self.ctx.engine
+            for clip in clips:  # this library's encoder, from the bundle's own audio
+                clip["embedding"] = engine.embed(load_clip(audio_source(clip["data"], clip["file"])).wav_16k)
+            vector = mean_embedding([c["embedding"] for c in clips])
+            # the bundle's conditionals carry the other encoder's vector: they are derived again on first use
+        else:
+            for member, data in bundle.members.items():
+                if member.startswith("conds/"):
+                    flavour = member[len("conds/") : -len(".pt")]
+                    if flavour not in FLAVOURS:
+                        raise ImportRejected(f"{path}: unknown model {flavour!r}.")
+                    conds = read_conditionals(data, f"{path}:{member}")
+                    prepared[flavour] = Prepared(flavour, serialise(conds), IMPORTED, None)
+        tags = [str(tag) for tag in manifest.get("tags", []) if isinstance(tag, str)]
+        warnings = self.enrollment.duplicate_warnings(vector)
+        return AddResult(self._insert(name, tags, vector, encoder, prepared, clips), True, [], warnings)
+
+    def _bundle_clips(self, path: Path, listed: Any, members: dict[str, bytes]) -> list[dict[str, Any]]:
+        """The bundle's clips, validated: each present, not yet enrolled, with sane metadata."""
+        clips = []
+        try:
+            for clip in listed:
+                if clip["file"] not in members:
+                    raise ImportRejected(f"{path}: clip {clip['file']} is listed but missing.")
+                sha = Path(clip["file"]).stem
+                if holder := self.catalog.holder_of_clip(sha):
+                    raise DuplicateClip(f"{path}: clip {sha[:12]} is already enrolled in voice {holder}.")
+                vector = np.asarray(clip["embedding"], dtype=np.float32)
+                if vector.shape != (256,) or not np.isfinite(vector).all():
+                    raise ImportRejected(f"{path}: clip {clip['file']} has a bad embedding.")
+                clips.append(
+                    {
+                        "file": clip["file"],
+                        "sha256": sha,
+                        "data": members[clip["file"]],
+                        "source_name": str(clip["source_name"]),
+                        "duration_s": float(clip["duration_s"]),
+                        "speech_s": float(clip["speech_s"]),
+                        "sample_rate": int(clip["sample_rate"]),
+                        "embedding": vector,
+                    }
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ImportRejected(f"{path}: malformed clip metadata ({type(exc).__name__}).") from exc
+        return clips
+
+    def _insert(
+        self,
+        name: str,
+        tags: list[str],
+        vector: np.ndarray,
+        encoder: str,
+        prepared: dict[str, Prepared],
+        clips: list[dict[str, Any]],
+    ) -> Voice:
+        with self.catalog.write("import") as change:
+            self.catalog.check_name_free(name, change.session)
+            self.catalog.refuse_duplicate_clips({c["sha256"]: c["file"] for c in clips}, change.session)
+            now = utcnow()
+            row = VoiceRow(
+                id=change.new_voice_id(),
+                name=name,
+                tags=tags,
+                embedding=vector.tobytes(),
+                encoder=encoder,
+                created_at=now,
+                updated_at=now,
+            )
+            change.session.add(row)
+            for clip in clips:
+                relative = f"{CLIPS_DIR}/{Path(clip['file']).name}"
+                change.put_file(relative, lambda temp, data=clip["data"]: temp.write_bytes(data))
+                crash_point("import:clip-written")
+                row.clips.append(
+                    ClipRow(
+                        sha256=clip["sha256"],
+                        file=relative,
+                        source_name=clip["source_name"],
+                        duration_s=clip["duration_s"],
+                        speech_s=clip["speech_s"],
+                        sample_rate=clip["sample_rate"],
+                        embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(),
+                        added_at=now,
+                    )
+                )
+            for value in prepared.values():
+                self.conditionals.save(change, row, value)
+            crash_point("import:conds-written")
+            change.session.merge(MetaRow(key="encoder", value=encoder))
+            change.reindex(row)
+            change.session.flush()
+            voice = voice_record(row)
+        return voice
+
+    def import_all(self, directory: Path) -> list[Voice]:
+        """Restore a backup made by ``export_all``: every checksum and name is verified before any import,
+        and if one import still fails, the voices already restored are removed again."""
+        from .bundle import read_bundle
+
+        try:
+            bundles = json.loads((directory / BACKUP_INDEX).read_text())["bundles"]
+            files = {str(k): str(v) for k, v in bundles.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ImportRejected(f"{directory}: no readable {BACKUP_INDEX} ({type(exc).__name__}).") from exc
+        names = []
+        for file_name, checksum in files.items():
+            path = directory / Path(file_name).name
+            if not path.is_file() or sha256_file(path) != checksum:
+                raise ImportRejected(f"{path}: missing or does not match {BACKUP_INDEX}.")
+            names.append(read_bundle(path).manifest["voice"]["name"])
+        for name in names:
+            self.catalog.check_name_free(check_name(name))
+        imported: list[Voice] = []
+        try:
+            for file_name in files:
+                imported.append(self.import_file(directory / Path(file_name).name).voice)
+        except BaseException:
+            if imported:  # all or nothing: take back what this restore added
+                self.catalog.remove([v.id for v in imported])
+            raise
+        return imported
