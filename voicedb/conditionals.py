@@ -3,7 +3,9 @@
 Conditionals are saved with upstream ``Conditionals.save`` as ``conds/<id>.<flavour>.<sha12>.pt``:
 the name carries the content hash, so re-deriving never overwrites the file a committed row points
 at. Saved conditionals are current while they were made with this checkpoint and their
-``t3.speaker_emb`` is still the voice's vector; otherwise they are derived again on first use.
+``t3.speaker_emb`` is still the voice's vector. A change that moves a voice's vector drops the
+conditionals it does not re-derive (``forget``), so outdated ones exist only after damage or a
+checkpoint change; ``load`` derives them again and ``check`` reports them.
 """
 
 from __future__ import annotations
@@ -91,6 +93,15 @@ class ConditionalsStore:
             change.drop_file(existing.file)
         existing.file, existing.sha256, existing.checkpoint = relative, checksum, prepared.fingerprint
         existing.clip_sha256, existing.created_at = prepared.clip_sha256, utcnow()
+
+    @staticmethod
+    def forget(change: Change, row: VoiceRow, keep: str | None = None) -> None:
+        """Within a change that moves the voice's vector: drop its conditionals (except ``keep``'s,
+        which the change saves anew), so no outdated conditionals stay behind; they are derived
+        again on first use."""
+        for saved in [c for c in row.conditionals if c.flavour != keep]:
+            change.drop_file(saved.file)
+            row.conditionals.remove(saved)
 
     def derive(self, ref: str, model: str) -> None:
         """(Re)compute a voice's conditionals for ``model`` from its kept reference audio and save them."""

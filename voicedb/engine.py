@@ -53,7 +53,9 @@ CHATTY_UPSTREAM = (
     "chatterbox.models.s3gen.s3gen",
     "chatterbox.models.s3gen.hifigan",
     "chatterbox.tts_turbo",
+    "perth.perth_net.perth_net_implicit.model.perth_net",
 )
+UPSTREAM_PACKAGES = ("chatterbox", "perth", "diffusers", "transformers")
 _silenced = threading.Lock()
 _silenced_done = False
 
@@ -80,7 +82,15 @@ def silence_third_party() -> None:
                 logging.getLogger(name).setLevel(logging.ERROR)
         for category in (UserWarning, FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
+        logging.getLogger().addFilter(_drop_upstream_root_records)
         _silenced_done = True
+
+
+def _drop_upstream_root_records(record: logging.LogRecord) -> bool:
+    """Upstream S3Gen logs through the root logger (``logging.warning``); drop only those records,
+    whatever the application does with its own root logging."""
+    module = Path(record.pathname).parts
+    return not any(package in module for package in UPSTREAM_PACKAGES) or record.levelno >= logging.ERROR
 
 
 def _mute_upstream() -> None:
@@ -431,6 +441,7 @@ class Engine:
         def load():
             import perth
 
+            _mute_upstream()
             return perth.PerthImplicitWatermarker()
 
         return self._cached("watermarker", load)

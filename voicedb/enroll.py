@@ -1,9 +1,9 @@
 """Enrolling voices: decode and embed clips (slow, before any lock), judge them, then one change.
 
 A new voice's embedding is the mean of its clips' embeddings (``matching.mean_embedding``); adding
-clips to a voice moves its embedding, re-derives the conditionals of the model asked for in the
-same change, and leaves the voice's other conditionals outdated, so they are derived again on
-their first use.
+clips to a voice moves its embedding, so the same change re-derives the conditionals of the model
+asked for (unless ``conditionals=False``) and drops the voice's other conditionals, which are
+derived again on their first use.
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ class Enrollment:
             self._attach_clips(change, row, clips, embeddings)
             crash_point("add:clips-written")
             row.embedding = mean.tobytes()
+            self.conditionals.forget(change, row, keep=prepared.flavour if prepared else None)
             if prepared is not None:
                 self.conditionals.save(change, row, prepared)
                 crash_point("add:conds-written")
@@ -224,6 +225,7 @@ class Enrollment:
                 clip.embedding = vectors[clip.sha256].tobytes()
             row.embedding = mean_embedding(list(vectors.values())).tobytes()
             row.encoder = engine.encoder_checksum
+            self.conditionals.forget(change, row)
             change.reindex(row)
 
     def remean(self, ref: str) -> None:
@@ -231,4 +233,5 @@ class Enrollment:
         with self.catalog.write("remean") as change:
             row = self.catalog.row(change.session, ref)
             row.embedding = mean_embedding([c.vector for c in row.clips]).tobytes()
+            self.conditionals.forget(change, row)
             change.reindex(row)
