@@ -52,6 +52,39 @@ def home(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> P
     return library
 
 
+@pytest.fixture
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh library whose engine is the instant, deterministic ``StandInEngine``: for tests of
+    storage, naming, locking and errors that need no model. Returns the library directory."""
+    from standin import StandInEngine
+
+    import voicedb.engine
+
+    engine = StandInEngine()
+    library = tmp_path / "library"
+    monkeypatch.setenv("VOICEDB_HOME", str(library))
+    monkeypatch.delenv("VOICEDB_CHECKPOINT", raising=False)
+    monkeypatch.setenv("VOICEDB_DEVICE", "cpu")
+    monkeypatch.setattr(voicedb.engine, "shared_engine", lambda directory, device: engine)
+    return library
+
+
+@pytest.fixture
+def derivations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records the flavour of every conditionals derivation (``Engine.conditionals`` still runs)."""
+    from voicedb.engine import Engine
+
+    calls: list[str] = []
+    original = Engine.conditionals
+
+    def counted(self, flavour, *args, **kwargs):
+        calls.append(flavour.name)
+        return original(self, flavour, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "conditionals", counted)
+    return calls
+
+
 def speech_by_speaker() -> dict[str, list[Path]]:
     """Real recordings under ``tests/data/speech``, named ``<speaker>_<n>.<ext>``."""
     found: dict[str, list[Path]] = defaultdict(list)

@@ -1,4 +1,7 @@
-"""Every error a user can cause ends in one clear line and a non-zero exit, and changes nothing."""
+"""Every error a user can cause ends in one clear line and a non-zero exit, and changes nothing.
+
+Errors that involve no model run on the stand-in engine; checkpoint errors use real weights files.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from conftest import library_digest, run, run_fails
 
 
 @pytest.fixture
-def enrolled(home: Path, speakers) -> Path:
+def enrolled(standin: Path, speakers) -> Path:
     clip = next(iter(speakers.values()))[0]
     assert run("add", str(clip), "--name", "alice", "--no-conditionals").exit_code == 0
     return clip
@@ -49,13 +52,13 @@ BAD_CLIPS = {
 
 
 @pytest.mark.parametrize("case", BAD_CLIPS)
-def test_bad_clips_are_refused_with_one_line_and_change_nothing(enrolled: Path, home: Path, tmp_path: Path, case: str):
+def test_bad_clips_are_refused_with_one_line_and_change_nothing(enrolled, standin: Path, tmp_path: Path, case: str):
     make, message = BAD_CLIPS[case]
     path = make(tmp_path)
-    before = library_digest(home)
+    before = library_digest(standin)
     line = run_fails("add", str(path), "--name", "bob")
     assert message in line
-    assert library_digest(home) == before
+    assert library_digest(standin) == before
     if case != "empty directory":
         assert message in run_fails("match", str(path))
 
@@ -65,28 +68,28 @@ def test_unknown_voice(enrolled: Path):
         assert "no voice with id or name 'nobody'" in run_fails(*command)
 
 
-def test_duplicate_name_is_refused(enrolled: Path, speakers, home: Path):
+def test_duplicate_name_is_refused(enrolled: Path, speakers, standin: Path):
     other = list(speakers.values())[1][0]
-    before = library_digest(home)
+    before = library_digest(standin)
     assert "already exists" in run_fails("add", str(other), "--name", "alice", "--no-conditionals")
-    assert library_digest(home) == before
+    assert library_digest(standin) == before
 
 
-def test_identical_clip_is_detected_not_duplicated(enrolled: Path, home: Path, tmp_path: Path):
+def test_identical_clip_is_detected_not_duplicated(enrolled: Path, standin: Path, tmp_path: Path):
     copy = tmp_path / "renamed-copy.wav"
     copy.write_bytes(enrolled.read_bytes())
-    before = library_digest(home)
+    before = library_digest(standin)
     assert "already enrolled" in run_fails("add", str(copy), "--name", "bob", "--no-conditionals")
-    assert library_digest(home) == before
+    assert library_digest(standin) == before
 
 
 @pytest.mark.parametrize("name", ["", "   ", "tab\there", "a" * 101, "0123abcd"])
-def test_names_that_cannot_be_typed_back_are_refused(home: Path, speakers, name: str):
+def test_names_that_cannot_be_typed_back_are_refused(standin: Path, speakers, name: str):
     clip = next(iter(speakers.values()))[0]
     run_fails("add", str(clip), "--name", name, "--no-conditionals")
 
 
-def test_names_with_unicode_and_spaces_work(home: Path, speakers):
+def test_names_with_unicode_and_spaces_work(standin: Path, speakers):
     clip = next(iter(speakers.values()))[0]
     assert run("add", str(clip), "--name", "Zoë O'Brien (take 2)", "--no-conditionals").exit_code == 0
     assert run("show", "Zoë O'Brien (take 2)").exit_code == 0
@@ -117,21 +120,21 @@ def test_wrong_checkpoint(home: Path, speakers, tmp_path: Path):
     assert "does not fit VoiceEncoder" in run_fails("--checkpoint", str(wrong), "add", str(clip))
 
 
-def test_library_directory_that_cannot_be_created(tmp_path: Path, home: Path):
+def test_library_directory_that_cannot_be_created(tmp_path: Path, standin: Path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert "cannot create library directory" in run_fails("--home", str(blocker / "lib"), "list")
 
 
-def test_library_from_a_newer_voicedb_is_refused_not_downgraded(enrolled: Path, home: Path):
-    with sqlite3.connect(home / "voicedb.sqlite") as con:
+def test_library_from_a_newer_voicedb_is_refused_not_downgraded(enrolled: Path, standin: Path):
+    with sqlite3.connect(standin / "voicedb.sqlite") as con:
         con.execute("UPDATE alembic_version SET version_num = '9999_future'")
-    before = library_digest(home)
+    before = library_digest(standin)
     assert "newer voicedb" in run_fails("list")
-    assert library_digest(home) == before
+    assert library_digest(standin) == before
 
 
-def test_a_file_that_is_not_a_database(home: Path):
-    home.mkdir(parents=True)
-    (home / "voicedb.sqlite").write_text("garbage " * 100)
+def test_a_file_that_is_not_a_database(standin: Path):
+    standin.mkdir(parents=True)
+    (standin / "voicedb.sqlite").write_text("garbage " * 100)
     assert "not a readable voicedb database" in run_fails("list")

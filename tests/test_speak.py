@@ -49,10 +49,10 @@ def test_add_saves_upstream_loadable_conditionals(two_voices, home: Path):
     assert set(conds.gen) >= {"prompt_token", "prompt_feat", "embedding"}
 
 
-def test_speak_writes_a_24khz_wav_of_plausible_length_from_stored_conditionals(two_voices, tmp_path: Path):
-    name, original = next(iter(two_voices.items()))
-    original.unlink()  # the stored conditionals, not the original clip, must be what reaches the model
+def test_speak_writes_a_24khz_wav_of_plausible_length_from_stored_conditionals(two_voices, tmp_path: Path, derivations):
+    name = next(iter(two_voices))
     audio = speak(name, tmp_path / "out.wav", "--seed", "1")
+    assert derivations == []  # the saved conditionals reached the model; nothing was extracted again
     assert 0.2 < len(audio) / 24_000 < 2.0
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
 
@@ -108,9 +108,9 @@ def test_match_then_speak_in_one_go(two_voices, multi_clip_speakers, tmp_path: P
     assert out.is_file() and name in result.stdout
 
 
-def test_other_models_get_their_own_conditionals_derived_from_the_kept_audio(two_voices, tmp_path: Path):
+def test_other_models_get_their_own_conditionals_derived_from_the_kept_audio(two_voices, tmp_path: Path, derivations):
     name, original = next(iter(two_voices.items()))
-    original.unlink()
+    original.unlink()  # only the library's kept copy is left to derive from
     out = tmp_path / "fr.wav"
     args = ["speak", "--voice", name, "Bonjour.", "-o", str(out), "--max-tokens", TOKENS, "--model", "multilingual"]
     assert "needs --language" in run_fails(*args)
@@ -118,6 +118,7 @@ def test_other_models_get_their_own_conditionals_derived_from_the_kept_audio(two
     assert result.exit_code == 0, result.output
     assert soundfile.info(str(out)).samplerate == 24_000
     assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "multilingual"]
+    assert derivations == ["multilingual"]
     assert "English only" in run_fails("speak", "--voice", name, "Bonjour.", "--language", "fr")
 
 
@@ -146,3 +147,125 @@ def test_turbo_speaks_from_its_own_checkpoint_with_conditionals_derived_for_it(
     audio, rate = soundfile.read(str(out), dtype="float32")
     assert rate == 24_000 and np.isfinite(audio).all() and len(audio) > 0
     assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "turbo"]
+
+
+# -- sampling options, re-derivation and the choice of reference ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, seen",
+    [
+        (("--exaggeration", "1.5"), {"exaggeration": 1.5}),
+        (("--cfg-weight", "0.2"), {"cfg_weight": 0.2}),
+        (("--temperature", "0.3"), {"temperature": 0.3}),
+    ],
+)
+def test_each_sampling_option_reaches_the_model(two_voices, tmp_path: Path, monkeypatch, option, seen):
+    """The random test T3 samples the same tokens whatever the exaggeration, so what T3 is handed is checked."""
+    from chatterbox.models.t3 import T3
+
+    received: list[dict] = []
+    original = T3.inference
+
+    def recording(self, **kwargs):
+        received.append(
+            {
+                "exaggeration": round(float(kwargs["t3_cond"].emotion_adv.flatten()[0]), 4),
+                "cfg_weight": kwargs["cfg_weight"],
+                "temperature": kwargs["temperature"],
+            }
+        )
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(T3, "inference", recording)
+    name = next(iter(two_voices))
+    speak(name, tmp_path / "default.wav", "--seed", "5")
+    speak(name, tmp_path / "changed.wav", "--seed", "5", *option)
+    defaults = {"exaggeration": 0.5, "cfg_weight": 0.5, "temperature": 0.8}
+    assert received == [defaults, {**defaults, **seen}]
+
+
+def test_conditionals_made_with_another_checkpoint_are_derived_again(two_voices, home: Path, tmp_path, derivations):
+    import sqlite3
+
+    name = next(iter(two_voices))
+    with sqlite3.connect(home / "voicedb.sqlite") as con:
+        con.execute("UPDATE conditionals SET checkpoint = 'english:ve=old:s3gen=old'")
+    speak(name, tmp_path / "a.wav")
+    speak(name, tmp_path / "b.wav")
+    assert derivations == ["english"]  # once, then the new ones are current
+    (shown,) = json.loads(run("show", name, "--json").stdout)["conditionals"]
+    assert shown["checkpoint"] != "english:ve=old:s3gen=old"
+
+
+def test_the_reference_is_the_clip_with_most_speech_and_a_clipped_clip_loses(home: Path, multi_clip_speakers, tmp_path):
+    import hashlib
+
+    from voicedb.audio import load_clip
+
+    clips = next(iter(multi_clip_speakers.values()))[:2]
+    speech = {clip: load_clip(clip).speech_s for clip in clips}
+    quiet_one, rich_one = sorted(clips, key=speech.get)
+    result = run("add", str(quiet_one), str(rich_one), "--name", "ref", "--json")
+    assert result.exit_code == 0, result.output
+    (conds,) = json.loads(run("show", "ref", "--json").stdout)["conditionals"]
+    assert conds["reference_clip"] == hashlib.sha256(rich_one.read_bytes()).hexdigest()
+
+    audio, rate = soundfile.read(str(rich_one), dtype="float32")
+    clipped = tmp_path / "clipped.wav"
+    soundfile.write(str(clipped), np.clip(audio * 50, -1, 1), rate)  # same speech, badly clipped
+    run("rm", "ref")
+    result = run("add", str(quiet_one), str(clipped), "--name", "ref2", "--json")
+    assert result.exit_code == 0, result.output
+    (conds,) = json.loads(run("show", "ref2", "--json").stdout)["conditionals"]
+    assert conds["reference_clip"] == hashlib.sha256(quiet_one.read_bytes()).hexdigest()
+
+
+def test_add_loads_the_voice_encoder_and_s3gen_but_never_t3(home: Path, speakers, checkpoint: Path):
+    from voicedb import VoiceDB
+    from voicedb.engine import Checkpoint, Engine
+
+    engine = Engine(Checkpoint(checkpoint), "cpu")
+    VoiceDB(engine=engine).add([next(iter(speakers.values()))[0]], name="no-t3")
+    loaded = engine.loaded()
+    assert "ve" in loaded and any(key.startswith("s3gen:") for key in loaded)
+    assert not any(key.startswith(("t3:", "tok:")) for key in loaded), loaded
+
+
+def test_speak_reads_text_from_a_file(two_voices, tmp_path: Path):
+    name = next(iter(two_voices))
+    text = tmp_path / "script.txt"
+    text.write_text("First sentence here. " * 20 + "And the end.", encoding="utf-8")
+    out = tmp_path / "from-file.wav"
+    result = run("speak", "--voice", name, "--file", str(text), "-o", str(out), "--max-tokens", "4", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["chunks"] >= 2 and out.is_file()
+
+
+def test_an_imported_pt_belongs_to_the_model_named_on_import(two_voices, tmp_path: Path, derivations):
+    name = next(iter(two_voices))
+    exported = tmp_path / "voice.pt"
+    assert run("export", name, "-o", str(exported)).exit_code == 0
+    result = run("import", str(exported), "--name", "as-multilingual", "--model", "multilingual")
+    assert result.exit_code == 0, result.output
+    assert json.loads(run("show", "as-multilingual", "--json").stdout)["models"] == ["multilingual"]
+    out = tmp_path / "ml.wav"
+    args = ["speak", "--voice", "as-multilingual", "Hola.", "--model", "multilingual", "--language", "es"]
+    assert run(*args, "-o", str(out), "--max-tokens", TOKENS).exit_code == 0
+    assert derivations == []  # spoken from the imported conditionals, as they were
+    assert "no english conditionals and no clips" in run_fails("speak", "--voice", "as-multilingual", "Hi.")
+
+
+def test_turbo_enrollment_warns_on_short_clips_and_strict_refuses(home: Path, speakers, turbo_checkpoint: Path):
+    from voicedb.audio import load_clip
+
+    short = next(c for group in speakers.values() for c in group if load_clip(c).duration_s <= 5.0)
+    long = next(c for group in speakers.values() for c in group if load_clip(c).duration_s > 6.0)
+    turbo = ["--checkpoint", str(turbo_checkpoint), "add", "--model", "turbo"]
+    assert "too short for this model" in run_fails(*turbo, str(short), "--name", "brief", "--strict")
+    assert run("list", "--json").stdout.strip() == "[]"
+    result = run(*turbo, str(short), "--name", "brief")
+    assert result.exit_code == 0 and "too short for this model" in result.stderr
+    result = run(*turbo, str(long), "--name", "long", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"] == ["turbo"]

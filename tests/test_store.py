@@ -28,6 +28,20 @@ def test_migrations_upgrade_an_empty_database_to_head(tmp_path: Path):
     assert mode == "wal"
 
 
-def test_migrations_ship_inside_the_installed_package():
-    assert (migrations_dir() / "env.py").is_file()
-    assert any(migrations_dir().joinpath("versions").glob("0001_*.py"))
+def test_the_built_wheel_ships_the_migrations(tmp_path: Path):
+    """Opening a library runs the migrations, so an installed wheel (not the source tree) must carry them."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("voicedb-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "voicedb/migrations/env.py" in names
+    assert any(n.startswith("voicedb/migrations/versions/0001_") for n in names)
+    assert "voicedb/migrations/script.py.mako" in names

@@ -82,6 +82,8 @@ def silence_third_party() -> None:
                 logging.getLogger(name).setLevel(logging.ERROR)
         for category in (UserWarning, FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
+        # raised inside upstream's T3 through contextlib, so it names no upstream module
+        warnings.filterwarnings("ignore", message=r".*sdp_kernel", category=FutureWarning)
         logging.getLogger().addFilter(_drop_upstream_root_records)
         _silenced_done = True
 

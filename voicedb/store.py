@@ -12,6 +12,7 @@ already at the head revision, so opening an up-to-date library stays fast.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,7 +198,17 @@ def known_revisions() -> set[str]:
 
 
 def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of a SQLite database file."""
+    """The SQLAlchemy URL of a SQLite database file.
+
+    An existing database in a directory this process cannot write (a read-only library), with no
+    ``-wal`` file beside it (so no writer has it open), is opened read-only and immutable: SQLite
+    cannot open a WAL-mode database otherwise, since it would have to create its ``-shm`` file.
+    """
+    if path.is_file() and not os.access(path.parent, os.W_OK) and not path.with_name(f"{path.name}-wal").exists():
+        from sqlalchemy.engine import URL
+
+        query = {"mode": "ro", "immutable": "1", "uri": "true"}
+        return URL.create("sqlite", database=path.resolve().as_uri(), query=query).render_as_string(False)
     return f"sqlite:///{path}"
 
 

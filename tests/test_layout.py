@@ -1,0 +1,52 @@
+"""The package's imports point one way: a module only imports modules of lower layers (no circles)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
+
+#: Lower layers first; a module may import only from layers below its own.
+LAYERS = [
+    {"errors", "files", "faults", "records", "config"},
+    {"flavours", "audio", "speech", "bundle", "store", "locks"},
+    {"index", "engine"},
+    {"context"},
+    {"catalog"},
+    {"matching", "conditionals"},
+    {"synthesis", "enroll"},
+    {"portability", "checker"},
+    {"library"},
+    {"cli"},
+    {"__init__", "__main__"},
+]
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def internal_imports(path: Path) -> set[str]:
+    """Names of voicedb modules that ``path`` imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("voicedb."):
+            found.add(node.module.split(".")[1])
+    return found - {"migrations"}
+
+
+def test_every_module_has_a_layer():
+    assert {p.stem for p in PACKAGE.glob("*.py")} == set(RANK)
+
+
+def test_imports_only_point_down_the_layers():
+    upward = [
+        f"{path.stem} imports {name}"
+        for path in sorted(PACKAGE.glob("*.py"))
+        for name in sorted(internal_imports(path))
+        if RANK[name] >= RANK[path.stem]
+    ]
+    assert upward == []
