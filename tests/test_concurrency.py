@@ -44,14 +44,6 @@ def scores_by_name(db: VoiceDB, clip: Path) -> dict[str, float]:
     return {m.name: m.score for m in db.match(clip, k=len(db.list()), threshold=None)}
 
 
-def stable_details(details: dict) -> dict:
-    """``details`` without what differs between two libraries holding the same voice (id, times, file names)."""
-    kept = {key: value for key, value in details.items() if key not in {"id", "created_at", "updated_at"}}
-    kept["clip_files"] = [{k: v for k, v in c.items() if k != "file"} for c in details["clip_files"]]
-    kept["conditionals"] = [{k: v for k, v in c.items() if k != "file"} for c in details["conditionals"]]
-    return kept
-
-
 def assert_consistent_top_k(result: list, expected: dict[str, float], always_visible: set[str], k: int) -> None:
     """``result`` is the exact top ``k`` of the stored voices over ``always_visible`` plus some of the voices
     being added at that moment: every score is the serial one, best first, and no visible voice was skipped."""
@@ -208,6 +200,8 @@ def test_two_cli_adds_of_the_same_clip_at_once_one_wins_the_other_says_already_e
         ]
         outcomes = [(*p.communicate(timeout=600), p.returncode) for p in processes]
         assert sorted(code for _, _, code in outcomes) == [0, 2], outcomes
+        winner_out, _, _ = next(outcome for outcome in outcomes if outcome[2] == 0)
+        assert winner_out.startswith("added voice "), winner_out
         _, err, _ = next(outcome for outcome in outcomes if outcome[2] == 2)
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1, err

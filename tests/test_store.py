@@ -30,13 +30,20 @@ def test_migrations_upgrade_an_empty_database_to_head(tmp_path: Path):
 
 def test_the_built_wheel_ships_the_migrations(tmp_path: Path):
     """Opening a library runs the migrations, so an installed wheel (not the source tree) must carry them."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"  # a clean copy of the tracked files: no stale build/ of earlier runs
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, check=True, capture_output=True, text=True).stdout
+    for name in tracked.splitlines():
+        if (root / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )

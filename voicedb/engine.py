@@ -276,7 +276,7 @@ class Engine:
         self._networks: dict[str, Any] = {}
         self._guard = threading.Lock()  # protects the two dicts below
         self._loading: dict[str, threading.Lock] = {}
-        self._sampling = threading.Lock()
+        self._sampling = threading.RLock()  # reentrant: a network first used inside ``sampling`` loads there
         silence_third_party()
 
     def _cached(self, key: str, load: Callable[[], Any]) -> Any:
@@ -289,6 +289,17 @@ class Engine:
             if key not in self._networks:
                 self._networks[key] = load()
         return self._networks[key]
+
+    def _network(self, key: str, build: Callable[[], Any]) -> Any:
+        """``_cached`` for a network. Building one draws from torch's global generator (random weights
+        before the checkpoint's load), so it takes the sampler's turn in a forked RNG state: neither a
+        seeded call's stream nor the process's own generator is disturbed."""
+        if key in self._networks:
+            return self._networks[key]
+        import torch
+
+        with self._sampling, torch.random.fork_rng(devices=self._cuda_devices()):
+            return self._cached(key, build)
 
     def loaded(self) -> list[str]:
         """Keys of what is loaded so far (``"t3:english"``, ``"ve"``, ...): what a call has paid for."""
@@ -317,7 +328,7 @@ class Engine:
             _fit(encoder, _load_state(path), path)
             return encoder.to(self.device).eval()
 
-        return self._cached("ve", load)
+        return self._network("ve", load)
 
     @property
     def encoder_checksum(self) -> str:
@@ -357,7 +368,7 @@ class Engine:
             _fit(network, _load_state(path), path, strict=flavour.strict_s3gen_weights)
             return network.to(self.device).eval()
 
-        return self._cached(f"s3gen:{flavour.s3gen_file}", load)
+        return self._network(f"s3gen:{flavour.s3gen_file}", load)
 
     def fingerprint(self, flavour: Flavour) -> str:
         """Identity of the checkpoint that conditionals of ``flavour`` depend on."""
@@ -416,7 +427,7 @@ class Engine:
                 del network.tfmr.wte
             return network.to(self.device).eval()
 
-        return self._cached(f"t3:{flavour.name}", load)
+        return self._network(f"t3:{flavour.name}", load)
 
     def tokenizer(self, flavour: Flavour):
         def load():
@@ -437,7 +448,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - a broken tokenizer file
                 raise CheckpointError(f"{path.name} is not a Chatterbox tokenizer ({type(exc).__name__}).") from exc
 
-        return self._cached(f"tok:{flavour.name}", load)
+        return self._network(f"tok:{flavour.name}", load)
 
     def watermarker(self):
         def load():
@@ -446,7 +457,7 @@ class Engine:
             _mute_upstream()
             return perth.PerthImplicitWatermarker()
 
-        return self._cached("watermarker", load)
+        return self._network("watermarker", load)
 
     def load_for_synthesis(self, flavour: Flavour) -> None:
         """Load everything ``synthesize`` needs, so that its timing excludes loading."""

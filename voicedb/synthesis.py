@@ -44,7 +44,6 @@ class Synthesizer:
         voice = self.catalog.get(ref)
         conds = self.conditionals.load(voice.id, flavour.name)
         engine = self.ctx.engine
-        engine.load_for_synthesis(flavour)  # before seeding: building a network draws from torch's generator
         pieces = []
         with engine.sampling(seed):
             for done, chunk in enumerate(chunks):
