@@ -37,6 +37,14 @@ def speak(voice: str, out: Path, *extra: str) -> np.ndarray:
     return audio
 
 
+def assert_speaker_is_the_voice_vector(name: str, model: str, checkpoint: Path | None = None) -> None:
+    from voicedb import VoiceDB
+
+    db = VoiceDB(checkpoint=checkpoint)
+    speaker = db.load_conditionals(name, model).t3.speaker_emb.numpy().reshape(-1)
+    assert np.allclose(speaker, db.vector(name), atol=1e-6)
+
+
 def test_add_saves_upstream_loadable_conditionals(two_voices, home: Path):
     from chatterbox.tts import Conditionals
 
@@ -119,6 +127,7 @@ def test_other_models_get_their_own_conditionals_derived_from_the_kept_audio(two
     assert soundfile.info(str(out)).samplerate == 24_000
     assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "multilingual"]
     assert derivations == ["multilingual"]
+    assert_speaker_is_the_voice_vector(name, "multilingual")  # ve.safetensors' vector, where upstream reads ve.pt
     assert "English only" in run_fails("speak", "--voice", name, "Bonjour.", "--language", "fr")
 
 
@@ -147,6 +156,8 @@ def test_turbo_speaks_from_its_own_checkpoint_with_conditionals_derived_for_it(
     audio, rate = soundfile.read(str(out), dtype="float32")
     assert rate == 24_000 and np.isfinite(audio).all() and len(audio) > 0
     assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "turbo"]
+    # upstream embeds Turbo's loudness-normalised reference; voicedb keeps the voice's one vector (README, Models)
+    assert_speaker_is_the_voice_vector(name, "turbo", checkpoint=turbo_checkpoint)
 
 
 # -- sampling options, re-derivation and the choice of reference ------------------------------------------------

@@ -24,12 +24,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from .context import LibraryContext
+from .context import CLIPS_DIR, LibraryContext
 from .errors import AmbiguousVoice, DuplicateClip, InvalidName, LibraryError, NameTaken, VoiceNotFound
 from .faults import crash_point
 from .files import atomic_path
 from .records import Voice
-from .store import ClipRow, VoiceRow, utcnow
+from .store import ClipRow, MetaRow, VoiceRow, utcnow
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{8}$")
 #: The shortest start of an id that ``resolve`` accepts (shorter prefixes are too often ambiguous).
@@ -106,6 +106,54 @@ class Change:
             taken = self.session.scalar(select(VoiceRow.pk).where(VoiceRow.id == candidate))
             if ID_PATTERN.match(candidate) and not taken:
                 return candidate
+
+    def new_voice(self, name: str, tags: Sequence[str], vector: np.ndarray, encoder: str) -> VoiceRow:
+        """A new voice row with a fresh id, indexed after the commit; the library records its encoder."""
+        now = utcnow()
+        row = VoiceRow(
+            id=self.new_voice_id(),
+            name=name,
+            tags=sorted(set(tags)),
+            embedding=np.asarray(vector, dtype=np.float32).tobytes(),
+            encoder=encoder,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(row)
+        self.session.merge(MetaRow(key="encoder", value=encoder))
+        self.reindex(row)
+        return row
+
+    def keep_clip(self, row: VoiceRow, clip: KeptClip, write: Callable[[Path], None]) -> None:
+        """Keep a clip's audio under its content hash (``write(temp_path)`` writes it) and add its row."""
+        relative = f"{CLIPS_DIR}/{clip.sha256}{clip.suffix}"
+        if not (self.home / relative).exists():
+            self.put_file(relative, write)
+        row.clips.append(
+            ClipRow(
+                sha256=clip.sha256,
+                file=relative,
+                source_name=clip.source_name,
+                duration_s=clip.duration_s,
+                speech_s=clip.speech_s,
+                sample_rate=clip.sample_rate,
+                embedding=np.asarray(clip.vector, dtype=np.float32).tobytes(),
+                added_at=utcnow(),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class KeptClip:
+    """What the store records of a reference clip, whether enrolled from audio or imported."""
+
+    sha256: str
+    suffix: str  # of the kept copy's file name, with the dot
+    source_name: str
+    duration_s: float
+    speech_s: float
+    sample_rate: int
+    vector: np.ndarray
 
 
 class Catalog:

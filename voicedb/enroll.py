@@ -16,15 +16,15 @@ import numpy as np
 
 from . import config
 from .audio import AudioInput, AudioSource, BestReference, LoadedClip, audio_source, expand_audio_paths, load_clip
-from .catalog import Catalog, Change, check_name, voice_record
+from .catalog import Catalog, KeptClip, check_name, voice_record
 from .conditionals import ConditionalsStore
-from .context import CLIPS_DIR, LibraryContext
+from .context import LibraryContext
 from .errors import AudioError, LibraryError, QualityError
 from .faults import crash_point
 from .flavours import flavour_named
 from .matching import Matcher, mean_embedding
 from .records import AddResult
-from .store import ClipRow, MetaRow, VoiceRow, utcnow
+from .store import utcnow
 
 #: ``progress(done, total, label)`` is called as multi-step work advances.
 ProgressHook = Callable[[int, int, str], None]
@@ -115,31 +115,25 @@ class Enrollment:
             self.catalog.refuse_duplicate_clips({c.sha256: c.name for c in clips}, change.session)
             if voice_id is None:
                 self.catalog.check_name_free(name, change.session)
-                now = utcnow()
-                row = VoiceRow(
-                    id=change.new_voice_id(),
-                    name=name,
-                    tags=sorted(set(tags)),
-                    encoder=encoder,
-                    created_at=now,
-                    updated_at=now,
-                )
-                change.session.add(row)
+                row = change.new_voice(name, tags, mean, encoder)
             else:
                 row = self.catalog.row(change.session, voice_id)
                 if len(row.clips) != len(existing):
                     raise LibraryError(f"voice {voice_id} changed while its clips were analysed; try again.")
                 row.tags = sorted(set(row.tags or []) | set(tags))
                 row.updated_at = utcnow()
-            self._attach_clips(change, row, clips, embeddings)
+                row.embedding = mean.tobytes()
+                change.reindex(row)
+            for clip, vector in zip(clips, embeddings, strict=True):
+                kept = KeptClip(
+                    clip.sha256, clip.source.suffix, clip.name, clip.duration_s, clip.speech_s, clip.sample_rate, vector
+                )
+                change.keep_clip(row, kept, clip.source.write_copy)
             crash_point("add:clips-written")
-            row.embedding = mean.tobytes()
             self.conditionals.forget(change, row, keep=prepared.flavour if prepared else None)
             if prepared is not None:
                 self.conditionals.save(change, row, prepared)
                 crash_point("add:conds-written")
-            change.session.merge(MetaRow(key="encoder", value=encoder))
-            change.reindex(row)
             change.session.flush()
             result = AddResult(voice_record(row), voice_id is None, [c.name for c in clips], warnings)
         return result
@@ -162,24 +156,6 @@ class Enrollment:
             clips.append(clip)
             reference.offer(clip)
         return clips, embeddings
-
-    def _attach_clips(self, change: Change, row: VoiceRow, clips: Sequence[LoadedClip], embeddings) -> None:
-        for clip, vector in zip(clips, embeddings, strict=True):
-            relative = f"{CLIPS_DIR}/{clip.sha256}{clip.source.suffix}"
-            if not self.ctx.path(relative).exists():
-                change.put_file(relative, clip.source.write_copy)
-            row.clips.append(
-                ClipRow(
-                    sha256=clip.sha256,
-                    file=relative,
-                    source_name=clip.name,
-                    duration_s=clip.duration_s,
-                    speech_s=clip.speech_s,
-                    sample_rate=clip.sample_rate,
-                    embedding=np.asarray(vector, dtype=np.float32).tobytes(),
-                    added_at=utcnow(),
-                )
-            )
 
     def similarity_warnings(
         self,

@@ -110,6 +110,10 @@ class VoiceDB:
         """Everything stored about a voice: what ``voicedb show`` prints."""
         return self._catalog.details(ref)
 
+    def vector(self, ref: str) -> np.ndarray:
+        """A voice's stored embedding, the one matching uses (float32, (256,), L2-normalised)."""
+        return self._catalog.vector(ref)
+
     def rename(self, ref: str, new_name: str) -> Voice:
         """Give a voice a new unique name; its id never changes."""
         return self._catalog.rename(ref, new_name)

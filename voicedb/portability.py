@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from .audio import audio_source, load_clip
-from .catalog import Catalog, check_name, voice_record
+from .catalog import Catalog, KeptClip, check_name, voice_record
 from .conditionals import IMPORTED, ConditionalsStore, Prepared, serialise
-from .context import CLIPS_DIR, LibraryContext
+from .context import LibraryContext
 from .enroll import Enrollment
 from .errors import AudioError, DuplicateClip, ImportRejected, LibraryError, VoiceDBError
 from .faults import crash_point
@@ -26,7 +26,6 @@ from .files import atomic_path, atomic_write_bytes, sha256_file
 from .flavours import FLAVOURS, flavour_named
 from .matching import mean_embedding, normalised
 from .records import AddResult, Voice
-from .store import ClipRow, MetaRow, VoiceRow, utcnow
 
 BACKUP_INDEX = "backup.json"
 
@@ -207,38 +206,22 @@ class Portability:
         with self.catalog.write("import") as change:
             self.catalog.check_name_free(name, change.session)
             self.catalog.refuse_duplicate_clips({c["sha256"]: c["file"] for c in clips}, change.session)
-            now = utcnow()
-            row = VoiceRow(
-                id=change.new_voice_id(),
-                name=name,
-                tags=tags,
-                embedding=vector.tobytes(),
-                encoder=encoder,
-                created_at=now,
-                updated_at=now,
-            )
-            change.session.add(row)
+            row = change.new_voice(name, tags, vector, encoder)
             for clip in clips:
-                relative = f"{CLIPS_DIR}/{Path(clip['file']).name}"
-                change.put_file(relative, lambda temp, data=clip["data"]: temp.write_bytes(data))
-                crash_point("import:clip-written")
-                row.clips.append(
-                    ClipRow(
-                        sha256=clip["sha256"],
-                        file=relative,
-                        source_name=clip["source_name"],
-                        duration_s=clip["duration_s"],
-                        speech_s=clip["speech_s"],
-                        sample_rate=clip["sample_rate"],
-                        embedding=np.asarray(clip["embedding"], dtype=np.float32).tobytes(),
-                        added_at=now,
-                    )
+                kept = KeptClip(
+                    clip["sha256"],
+                    Path(clip["file"]).suffix,
+                    clip["source_name"],
+                    clip["duration_s"],
+                    clip["speech_s"],
+                    clip["sample_rate"],
+                    clip["embedding"],
                 )
+                change.keep_clip(row, kept, lambda temp, data=clip["data"]: temp.write_bytes(data))
+                crash_point("import:clip-written")
             for value in prepared.values():
                 self.conditionals.save(change, row, value)
             crash_point("import:conds-written")
-            change.session.merge(MetaRow(key="encoder", value=encoder))
-            change.reindex(row)
             change.session.flush()
             voice = voice_record(row)
         return voice
