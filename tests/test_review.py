@@ -275,33 +275,23 @@ def test_a_bundle_from_another_encoder_is_embedded_again_or_refused_without_clip
 
 # 10 -----------------------------------------------------------------------------------------------
 def test_add_to_a_voice_drops_or_derives_its_conditionals_and_a_missing_model_changes_nothing(
-    home: Path, speakers, monkeypatch
+    home: Path, speakers, derivations
 ):
-    from voicedb.engine import Engine
-
     first, second, third = speakers["librivox_ss01"][:3]
     voice = add(first, "V")
     old_conds = [home / c["file"] for c in show("V")["conditionals"]]
     assert voice["models"] == ["english"] and all(p.is_file() for p in old_conds)
-
-    original = Engine.conditionals
-    derived: list[str] = []
-
-    def counting(self, flavour, *args, **kwargs):
-        derived.append(flavour.name)
-        return original(self, flavour, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "conditionals", counting)
+    derivations.clear()
 
     assert run("add", str(second), "--voice", "V", "--no-conditionals").exit_code == 0
-    assert derived == []
+    assert derivations == []
     details = show("V")
     assert details["models"] == [] and details["conditionals"] == []
     assert not any(p.exists() for p in old_conds)
     assert list((home / "conds").iterdir()) == []
 
     assert run("add", str(third), "--voice", "V").exit_code == 0
-    assert derived == ["english"]
+    assert derivations == ["english"]
     assert show("V")["models"] == ["english"]
 
     before = library_digest(home)

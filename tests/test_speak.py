@@ -18,11 +18,24 @@ TOKENS = "12"  # 12 speech tokens ~ 0.5 s of audio: quick on a CPU
 
 @pytest.fixture
 def two_voices(home: Path, multi_clip_speakers, tmp_path: Path) -> dict[str, Path]:
-    """Two voices enrolled from copies of real clips, with conditionals; returns name -> copied clip."""
+    """Two voices enrolled from copies of real clips, with conditionals; returns name -> copied clip.
+
+    The shortest clips of at least 4 s are used: S3Gen's cost grows with the reference length, and
+    these tests are about where the conditionals come from, not about sound.
+    """
+    shortest = {
+        name: min(
+            (c for c in clips if soundfile.info(str(c)).duration >= 4.0), key=lambda c: soundfile.info(str(c)).duration
+        )
+        for name, clips in multi_clip_speakers.items()
+        if any(soundfile.info(str(c)).duration >= 4.0 for c in clips)
+    }
+    chosen = sorted(shortest, key=lambda name: soundfile.info(str(shortest[name])).duration)[:2]
     voices = {}
-    for name, clips in list(multi_clip_speakers.items())[:2]:
-        copy = tmp_path / f"{name}{clips[0].suffix}"
-        copy.write_bytes(clips[0].read_bytes())
+    for name in chosen:
+        clip = shortest[name]
+        copy = tmp_path / f"{name}{clip.suffix}"
+        copy.write_bytes(clip.read_bytes())
         result = run("add", str(copy), "--name", name)
         assert result.exit_code == 0, result.output
         voices[name] = copy
@@ -109,7 +122,7 @@ def test_corrupt_conditionals_give_a_clear_error_and_check_repairs_them(two_voic
 
 def test_match_then_speak_in_one_go(two_voices, multi_clip_speakers, tmp_path: Path):
     name = next(iter(two_voices))
-    query = multi_clip_speakers[name][1]
+    query = next(c for c in multi_clip_speakers[name] if c.name != two_voices[name].name)
     out = tmp_path / "reply.wav"
     result = run("match", str(query), "--speak", "Nice to meet you.", "-o", str(out), "--max-tokens", TOKENS)
     assert result.exit_code == 0, result.output
@@ -163,15 +176,7 @@ def test_turbo_speaks_from_its_own_checkpoint_with_conditionals_derived_for_it(
 # -- sampling options, re-derivation and the choice of reference ------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "option, seen",
-    [
-        (("--exaggeration", "1.5"), {"exaggeration": 1.5}),
-        (("--cfg-weight", "0.2"), {"cfg_weight": 0.2}),
-        (("--temperature", "0.3"), {"temperature": 0.3}),
-    ],
-)
-def test_each_sampling_option_reaches_the_model(two_voices, tmp_path: Path, monkeypatch, option, seen):
+def test_the_sampling_options_reach_the_model(two_voices, tmp_path: Path, monkeypatch):
     """The random test T3 samples the same tokens whatever the exaggeration, so what T3 is handed is checked."""
     from chatterbox.models.t3 import T3
 
@@ -191,9 +196,22 @@ def test_each_sampling_option_reaches_the_model(two_voices, tmp_path: Path, monk
     monkeypatch.setattr(T3, "inference", recording)
     name = next(iter(two_voices))
     speak(name, tmp_path / "default.wav", "--seed", "5")
-    speak(name, tmp_path / "changed.wav", "--seed", "5", *option)
-    defaults = {"exaggeration": 0.5, "cfg_weight": 0.5, "temperature": 0.8}
-    assert received == [defaults, {**defaults, **seen}]
+    speak(
+        name,
+        tmp_path / "changed.wav",
+        "--seed",
+        "5",
+        "--exaggeration",
+        "1.5",
+        "--cfg-weight",
+        "0.2",
+        "--temperature",
+        "0.3",
+    )
+    assert received == [
+        {"exaggeration": 0.5, "cfg_weight": 0.5, "temperature": 0.8},
+        {"exaggeration": 1.5, "cfg_weight": 0.2, "temperature": 0.3},
+    ]
 
 
 def test_conditionals_made_with_another_checkpoint_are_derived_again(two_voices, home: Path, tmp_path, derivations):
