@@ -58,9 +58,10 @@ def speaker_matches(conds: Any, vector: np.ndarray) -> bool:
     return speaker.shape == vector.shape and bool(np.allclose(speaker, vector, atol=SPEAKER_TOLERANCE))
 
 
-def best_reference(clips: Iterable[Path], flavour: Flavour) -> LoadedClip | None:
-    """The clip that conditions a voice best (see ``audio.reference_rank``); unreadable ones are skipped."""
-    best = BestReference()
+def best_reference(clips: Iterable[Path], flavour: Flavour, best: BestReference | None = None) -> LoadedClip | None:
+    """The clip that conditions a voice best (see ``audio.reference_rank``) among ``clips`` and those
+    already offered to ``best``; unreadable files are skipped."""
+    best = best or BestReference()
     for path in clips:
         try:
             best.offer(load_clip(path, flavour.min_seconds))

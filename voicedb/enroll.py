@@ -17,7 +17,7 @@ import numpy as np
 from . import config
 from .audio import AudioInput, AudioSource, BestReference, LoadedClip, audio_source, expand_audio_paths, load_clip
 from .catalog import Catalog, KeptClip, check_name, voice_record
-from .conditionals import ConditionalsStore
+from .conditionals import ConditionalsStore, best_reference
 from .context import LibraryContext
 from .errors import AudioError, LibraryError, QualityError
 from .faults import crash_point
@@ -92,7 +92,7 @@ class Enrollment:
                 kept = [self.ctx.path(c.file) for c in row.clips]
         encoder = self.ctx.engine.encoder_checksum
         self.ctx.check_encoder(encoder)  # before any embedding work
-        clips, embeddings = self._embed_all(sources, flavour.min_seconds, progress)
+        clips, embeddings, reference = self._embed_all(sources, flavour.min_seconds, progress)
         mean = mean_embedding(existing + embeddings)
         warnings = [w for clip in clips for w in clip.warnings]
         warnings += self.similarity_warnings(clips, embeddings, mean, existing, voice_id)
@@ -100,17 +100,10 @@ class Enrollment:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
         prepared = None
         if conditionals:
-            reference = BestReference()
-            for clip in clips:
-                reference.offer(clip)
-            for path in kept if voice is not None else ():
-                try:
-                    reference.offer(load_clip(path, flavour.min_seconds))
-                except AudioError:
-                    continue
             if progress:
                 progress(len(sources), len(sources), f"{flavour.name} conditionals")
-            prepared = self.conditionals.compute(flavour, reference.clip, mean)
+            best = best_reference(kept if voice is not None else (), flavour, reference)  # new and kept clips
+            prepared = self.conditionals.compute(flavour, best, mean)
         with self.catalog.write("add") as change:
             self.catalog.refuse_duplicate_clips({c.sha256: c.name for c in clips}, change.session)
             if voice_id is None:
@@ -140,8 +133,9 @@ class Enrollment:
 
     def _embed_all(
         self, sources: Sequence[AudioSource], min_seconds: float, progress: ProgressHook | None
-    ) -> tuple[list[LoadedClip], list[np.ndarray]]:
-        """Decode, check and embed every clip, keeping one clip's samples at a time (the best reference's)."""
+    ) -> tuple[list[LoadedClip], list[np.ndarray], BestReference]:
+        """Decode, check and embed every clip, keeping one clip's samples at a time: the best reference's,
+        returned with the clips."""
         clips: list[LoadedClip] = []
         embeddings: list[np.ndarray] = []
         reference = BestReference()
@@ -155,7 +149,7 @@ class Enrollment:
             embeddings.append(self.ctx.engine.embed(clip.wav_16k))
             clips.append(clip)
             reference.offer(clip)
-        return clips, embeddings
+        return clips, embeddings, reference
 
     def similarity_warnings(
         self,
