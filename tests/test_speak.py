@@ -214,6 +214,17 @@ def test_the_sampling_options_reach_the_model(two_voices, tmp_path: Path, monkey
     ]
 
 
+@pytest.mark.parametrize("sampled", [[2057, 6562, 6563], [6562]], ids=["one valid token", "none valid"])
+def test_a_chunk_sampled_to_almost_nothing_still_speaks(two_voices, tmp_path: Path, monkeypatch, sampled):
+    """A model may sample (nearly) only special tokens for a chunk; upstream S3Gen then raised a shape error."""
+    import torch
+    from chatterbox.models.t3 import T3
+
+    monkeypatch.setattr(T3, "inference", lambda self, **kwargs: torch.tensor([sampled]))
+    audio = speak(next(iter(two_voices)), tmp_path / "short.wav")
+    assert 0 < len(audio) < 24_000
+
+
 def test_conditionals_made_with_another_checkpoint_are_derived_again(two_voices, home: Path, tmp_path, derivations):
     import sqlite3
 

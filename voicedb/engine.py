@@ -507,7 +507,7 @@ class Engine:
                 ).to(device=self.device)
                 speech_tokens = self._t3_tokens(flavour, t3, tokenizer, conds, text, settings)
             wav, _ = s3gen.inference(
-                speech_tokens=speech_tokens.to(self.device),
+                speech_tokens=_renderable(speech_tokens).to(self.device),
                 ref_dict=conds.gen,
                 **({"n_cfm_timesteps": 2} if flavour.meanflow_s3gen else {}),
             )
@@ -570,6 +570,25 @@ class Engine:
         speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB]
         silence = torch.tensor([S3GEN_SIL] * 3, dtype=torch.long, device=speech_tokens.device)
         return torch.cat([speech_tokens, silence])
+
+
+MIN_RENDERED_TOKENS = 3
+
+
+def _renderable(speech_tokens):
+    """Speech tokens S3Gen can render: padded with silence up to ``MIN_RENDERED_TOKENS``.
+
+    When sampling leaves fewer valid tokens (a tiny ``max_tokens``, or a chunk the model all but
+    skipped), upstream's fade-in is longer than the audio and S3Gen raises a shape error.
+    """
+    import torch
+    from chatterbox.models.s3gen.const import S3GEN_SIL
+
+    missing = MIN_RENDERED_TOKENS - len(speech_tokens)
+    if missing <= 0:
+        return speech_tokens
+    silence = torch.full((missing,), S3GEN_SIL, dtype=torch.long, device=speech_tokens.device)
+    return torch.cat([speech_tokens.long(), silence])
 
 
 def _multilingual_tokenizer(tokenizer_class: type, path: Path) -> Any:
