@@ -52,3 +52,37 @@ def test_the_built_wheel_ships_the_migrations(tmp_path: Path):
     assert "voicedb/migrations/env.py" in names
     assert any(n.startswith("voicedb/migrations/versions/0001_") for n in names)
     assert "voicedb/migrations/script.py.mako" in names
+
+
+def test_a_library_created_at_0001_gets_the_language_column_when_opened(standin: Path):
+    """An existing library upgrades on open: its voices keep everything and have no language yet."""
+    import json
+
+    from alembic import command
+    from alembic.config import Config
+    from conftest import run
+
+    standin.mkdir(parents=True)
+    old = Store(sqlite_url(standin / "voicedb.sqlite"))
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    with old.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001_initial")
+    old.close()
+    with sqlite3.connect(standin / "voicedb.sqlite") as con:
+        con.execute(
+            "INSERT INTO voices (id, name, tags, embedding, encoder, created_at, updated_at)"
+            " VALUES ('0123abcd', 'olga', '[]', ?, 'enc', '2026-11-25 13:43:43.000000', '2026-11-25 13:43:43.000000')",
+            (bytes(4 * 256),),
+        )
+        assert "language" not in {row[1] for row in con.execute("PRAGMA table_info(voices)")}
+
+    listed = json.loads(run("list", "--json").stdout)
+    assert [(v["id"], v["name"], v["language"]) for v in listed] == [("0123abcd", "olga", None)]
+    with sqlite3.connect(standin / "voicedb.sqlite") as con:
+        assert "language" in {row[1] for row in con.execute("PRAGMA table_info(voices)")}
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone() == (SCHEMA_HEAD,)
+        assert con.execute("SELECT language FROM voices").fetchall() == [(None,)]
+    assert run("language", "olga", "sv").exit_code == 0
+    assert json.loads(run("show", "olga", "--json").stdout)["language"] == "sv"

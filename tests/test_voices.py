@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import numpy as np
-from conftest import run, run_fails
+import pytest
+from conftest import library_digest, run, run_fails
 
 
 def add(*args: str) -> dict:
@@ -103,3 +105,111 @@ def test_rm_removes_row_index_entry_and_files(standin: Path, speakers):
 
 def test_list_is_empty_on_a_new_library(standin: Path):
     assert json.loads(run("list", "--json").stdout) == []
+
+
+# -- a voice's language ------------------------------------------------------------------------------
+
+
+def test_add_language_is_stored_lowercase_and_listed_and_shown(standin: Path, speakers):
+    clip = next(iter(speakers.values()))[0]
+    voice = add(str(clip), "--name", "gisele", "--language", "FR")
+    assert voice["language"] == "fr"
+    assert [v["language"] for v in json.loads(run("list", "--json").stdout)] == ["fr"]
+    assert json.loads(run("show", "gisele", "--json").stdout)["language"] == "fr"
+    assert "language:   fr\n" in run("show", "gisele").stdout
+    other = add(str(list(speakers.values())[1][0]), "--name", "hugo")
+    assert other["language"] is None
+    assert "language" not in run("show", "hugo").stdout
+
+
+def test_an_unknown_language_is_refused_before_anything_is_stored(standin: Path, speakers):
+    clip = next(iter(speakers.values()))[0]
+    assert run("init").exit_code == 0
+    before = library_digest(standin)
+    error = run_fails("add", str(clip), "--name", "ivan", "--language", "klingon", "--no-conditionals")
+    assert "unknown language 'klingon'" in error and " fr, " in error and " ja, " in error
+    assert library_digest(standin) == before
+    assert json.loads(run("list", "--json").stdout) == []
+
+
+def test_adding_clips_with_a_language_updates_the_voice(standin: Path, multi_clip_speakers):
+    first, second, *_ = next(iter(multi_clip_speakers.values()))
+    voice = add(str(first), "--name", "jules", "--language", "fr")
+    assert add(str(second), "--voice", "jules")["language"] == "fr"  # no --language: kept
+    third = list(multi_clip_speakers.values())[1][0]
+    assert add(str(third), "--voice", voice["id"], "--language", "de")["language"] == "de"
+
+
+def test_language_command_prints_sets_and_clears(standin: Path, speakers):
+    clip = next(iter(speakers.values()))[0]
+    voice = add(str(clip), "--name", "karin")
+    unset = run("language", "karin")
+    assert unset.exit_code == 0 and unset.stdout == "" and "has no language" in unset.stderr
+    result = run("language", "karin", "JA")
+    assert result.exit_code == 0 and result.stdout == f"voice {voice['id']} karin speaks ja\n"
+    assert run("language", voice["id"]).stdout == "ja\n"
+    assert json.loads(run("language", "karin", "--json").stdout)["language"] == "ja"
+    assert "unknown language 'xx'" in run_fails("language", "karin", "xx")
+    assert json.loads(run("show", "karin", "--json").stdout)["language"] == "ja"
+    cleared = run("language", "karin", "--clear", "--json")
+    assert cleared.exit_code == 0 and json.loads(cleared.stdout)["language"] is None
+    assert json.loads(run("show", "karin", "--json").stdout)["language"] is None
+    assert run("language", "karin", "fr", "--clear").exit_code == 2  # a usage error
+    run_fails("language", "nobody", "fr")
+
+
+def test_set_language_from_python(standin: Path, speakers):
+    from voicedb import VoiceDB
+    from voicedb.errors import VoiceDBError
+
+    clip = next(iter(speakers.values()))[0]
+    with VoiceDB() as db:
+        voice = db.add([clip], name="lena", language="es", conditionals=False).voice
+        assert voice.language == "es" and db.get("lena").language == "es"
+        assert db.set_language("lena", " PT ").language == "pt"
+        with pytest.raises(VoiceDBError, match="unknown language"):
+            db.set_language("lena", "")
+        assert db.set_language("lena", None).language is None
+
+
+def test_a_bundle_carries_the_language(standin: Path, speakers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    clip = next(iter(speakers.values()))[0]
+    add(str(clip), "--name", "marta", "--language", "it")
+    bundle = tmp_path / "marta.voicedb"
+    assert run("export", "marta", "--bundle", "-o", str(bundle)).exit_code == 0
+    monkeypatch.setenv("VOICEDB_HOME", str(tmp_path / "other"))
+    imported = json.loads(run("import", str(bundle), "--json").stdout)
+    assert [(v["name"], v["language"]) for v in imported] == [("marta", "it")]
+    assert json.loads(run("show", "marta", "--json").stdout)["language"] == "it"
+
+
+def edit_manifest(source: Path, target: Path, edit) -> Path:
+    """A copy of a bundle whose manifest's voice entry went through ``edit`` (checksums stay valid)."""
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    manifest = json.loads(members["manifest.json"])
+    edit(manifest["voice"])
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return target
+
+
+def test_bundles_without_a_language_import_and_a_bad_one_is_refused(
+    standin: Path, speakers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    clip = next(iter(speakers.values()))[0]
+    add(str(clip), "--name", "nina", "--language", "fr")
+    bundle = tmp_path / "nina.voicedb"
+    assert run("export", "nina", "--bundle", "-o", str(bundle)).exit_code == 0
+    monkeypatch.setenv("VOICEDB_HOME", str(tmp_path / "other"))
+    assert run("init").exit_code == 0
+    before = library_digest(tmp_path / "other")
+    for bad in ("klingon", 7, ["fr"]):
+        hostile = edit_manifest(bundle, tmp_path / "hostile.voicedb", lambda voice, bad=bad: voice.update(language=bad))
+        assert "language" in run_fails("import", str(hostile))
+    assert library_digest(tmp_path / "other") == before
+    old = edit_manifest(bundle, tmp_path / "old.voicedb", lambda voice: voice.pop("language"))
+    imported = json.loads(run("import", str(old), "--json").stdout)
+    assert imported[0]["language"] is None

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import MAX_ANALYSED_SECONDS, MIN_SPEECH_SECONDS, RECOMMENDED_SECONDS
-from .errors import AudioError
+from .errors import AudioError, NotAudio
 from .files import sha256_file
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".m4a"})
@@ -161,9 +161,9 @@ def _decode(source: AudioSource) -> tuple[np.ndarray, int, float]:
     except librosa.util.exceptions.ParameterError as exc:
         if "finite" in str(exc):
             raise AudioError(f"{name}: holds invalid samples (NaN or infinity).") from None
-        raise AudioError(f"{name}: not a readable audio file (unknown format or damaged).") from exc
+        raise NotAudio(f"{name}: not a readable audio file (unknown format or damaged).") from exc
     except Exception as exc:  # noqa: BLE001 - soundfile and audioread raise many types for "not audio"
-        raise AudioError(f"{name}: not a readable audio file (unknown format or damaged).") from exc
+        raise NotAudio(f"{name}: not a readable audio file (unknown format or damaged).") from exc
     return np.asarray(wav, dtype=np.float32), original_sr, duration
 
 

@@ -25,9 +25,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from .context import CLIPS_DIR, LibraryContext
-from .errors import AmbiguousVoice, DuplicateClip, InvalidName, LibraryError, NameTaken, VoiceNotFound
+from .errors import (
+    AmbiguousVoice,
+    DuplicateClip,
+    InvalidName,
+    LibraryError,
+    NameTaken,
+    VoiceDBError,
+    VoiceNotFound,
+)
 from .faults import crash_point
 from .files import atomic_path
+from .flavours import languages
 from .records import Voice
 from .store import ClipRow, MetaRow, VoiceRow, utcnow
 
@@ -53,6 +62,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_language(language: str | None) -> str | None:
+    """A voice's language: ``None``, or one of the multilingual model's language ids, stored lowercase.
+
+    Reading the ids imports chatterbox (no model is loaded), so only a language given is checked.
+    """
+    if language is None:
+        return None
+    code = language.strip().lower()
+    supported = languages()
+    if code not in supported:
+        raise VoiceDBError(f"unknown language {language!r}; choose one of: {', '.join(sorted(supported))}.")
+    return code
+
+
 def voice_record(row: VoiceRow) -> Voice:
     return Voice(
         id=row.id,
@@ -61,6 +84,7 @@ def voice_record(row: VoiceRow) -> Voice:
         clips=len(row.clips),
         seconds=round(sum(clip.duration_s for clip in row.clips), 2),
         models=sorted(c.flavour for c in row.conditionals),
+        language=row.language,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -109,8 +133,12 @@ class Change:
             if ID_PATTERN.match(candidate) and not taken:
                 return candidate
 
-    def new_voice(self, name: str, tags: Sequence[str], vector: np.ndarray, encoder: str) -> VoiceRow:
-        """A new voice row with a fresh id, indexed after the commit; the library records its encoder."""
+    def new_voice(
+        self, name: str, tags: Sequence[str], vector: np.ndarray, encoder: str, language: str | None = None
+    ) -> VoiceRow:
+        """A new voice row with a fresh id, indexed after the commit; the library records its encoder.
+
+        ``language`` must already be checked (``check_language``)."""
         now = utcnow()
         row = VoiceRow(
             id=self.new_voice_id(),
@@ -118,6 +146,7 @@ class Change:
             tags=sorted(set(tags)),
             embedding=np.asarray(vector, dtype=np.float32).tobytes(),
             encoder=encoder,
+            language=language,
             created_at=now,
             updated_at=now,
         )
@@ -313,6 +342,16 @@ class Catalog:
             row = self.row(change.session, ref)
             row.tags = sorted((set(row.tags or []) | set(add)) - set(remove))
             row.updated_at = utcnow()
+            updated = voice_record(row)
+        return updated
+
+    def set_language(self, ref: str, language: str | None) -> Voice:
+        """Set the language a voice speaks (a language id of ``flavours.languages()``); ``None`` clears it."""
+        language = check_language(language)
+        with self.write("language") as change:
+            row = self.row(change.session, ref)
+            if row.language != language:
+                row.language, row.updated_at = language, utcnow()
             updated = voice_record(row)
         return updated
 

@@ -138,6 +138,11 @@ def init(ctx: click.Context) -> None:
     show_default=True,
     help="Chatterbox model whose conditionals are computed now (others are derived when first used).",
 )
+@click.option(
+    "--language",
+    metavar="LANG",
+    help="Language id the voice speaks (en, fr, de, ja, ...); the multilingual model speaks it by default.",
+)
 @click.option("--no-conditionals", is_flag=True, help="Only embed; derive conditionals at the first `speak`.")
 @click.option("--strict", is_flag=True, help="Refuse clips with quality warnings instead of warning.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -149,6 +154,7 @@ def add(
     tags: tuple[str, ...],
     voice_ref: str | None,
     model: str,
+    language: str | None,
     no_conditionals: bool,
     strict: bool,
     as_json: bool,
@@ -169,6 +175,7 @@ def add(
             tags=tags,
             voice=voice_ref,
             model=model,
+            language=language,
             conditionals=not no_conditionals,
             strict=strict,
             progress=hook,
@@ -271,8 +278,10 @@ def show(ctx: click.Context, voice: str, as_json: bool) -> None:
     if as_json:
         emit_json(details)
         return
-    for key in ("id", "name", "tags", "clips", "seconds", "models", "created_at", "updated_at"):
+    for key in ("id", "name", "tags", "clips", "seconds", "models", "language", "created_at", "updated_at"):
         value = details[key]
+        if value is None:  # no language set
+            continue
         click.echo(f"{key + ':':<12}{', '.join(value) if isinstance(value, list) else value}")
     for clip in details["clip_files"]:
         click.echo(f"  clip  {clip['file']}  ({clip['source']}, {clip['seconds']} s, {clip['sample_rate']} Hz)")
@@ -288,6 +297,33 @@ def rename(ctx: click.Context, voice: str, new_name: str) -> None:
     """Rename VOICE to NEW_NAME (its id stays the same)."""
     v = library(ctx).rename(voice, new_name)
     click.echo(f"renamed voice {v.id} to {v.name}")
+
+
+@cli.command(name="language")
+@click.argument("voice")
+@click.argument("lang", metavar="[LANG]", required=False)
+@click.option("--clear", is_flag=True, help="Remove the voice's language.")
+@click.option("--json", "as_json", is_flag=True, help="Print the voice as JSON.")
+@click.pass_context
+def voice_language(ctx: click.Context, voice: str, lang: str | None, clear: bool, as_json: bool) -> None:
+    """Print the language VOICE speaks, or set it to LANG (en, fr, de, ja, ...; --clear removes it).
+
+    The multilingual model speaks a voice in its language unless `speak --language` says otherwise.
+    """
+    if lang is not None and clear:
+        raise click.UsageError("give LANG or --clear, not both.")
+    db = library(ctx)
+    v = db.get(voice) if lang is None and not clear else db.set_language(voice, lang)
+    if as_json:
+        emit_json(v.to_dict())
+    elif lang is not None:
+        click.echo(f"voice {v.id} {v.name} speaks {v.language}")
+    elif clear:
+        click.echo(f"cleared the language of voice {v.id} {v.name}")
+    elif v.language:
+        click.echo(v.language)
+    else:
+        click.echo(f"voice {v.id} {v.name} has no language: set one with `voicedb language {v.id} LANG`", err=True)
 
 
 @cli.command(name="rm")
@@ -508,6 +544,88 @@ def default_output_name(voice_name: str) -> Path:
         n += 1
         candidate = Path(f"{slug}-{stamp}-{n}.wav")
     return candidate
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--model", type=MODEL_CHOICE, default="english", show_default=True, help="Chatterbox model to speak with."
+)
+@click.option(
+    "--api-key",
+    envvar="VOICEDB_API_KEY",
+    help="Require 'Authorization: Bearer KEY' on every API request (default: $VOICEDB_API_KEY; none: open).",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1, 1000),
+    default=1000,
+    show_default=True,
+    help="Cap on speech tokens per sentence chunk (25 tokens = 1 s).",
+)
+@click.option(
+    "--default-voice",
+    metavar="ID|NAME",
+    help="The voice OpenAI's stock names (alloy, nova, ...) speak with (default: those names are 404).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Largest request body accepted; bigger is answered 413.",
+)
+@click.option(
+    "--queue",
+    "max_waiting",
+    type=click.IntRange(0),
+    default=16,
+    show_default=True,
+    help="Speech requests that may wait for the synthesiser; more are answered 503 with Retry-After.",
+)
+@click.option("--preload", is_flag=True, help="Load the models before accepting requests (default: on first use).")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    model: str,
+    api_key: str | None,
+    max_tokens: int,
+    default_voice: str | None,
+    max_upload_mb: float,
+    max_waiting: int,
+    preload: bool,
+) -> None:
+    """Serve the library over HTTP, with OpenAI's speech API.
+
+    The `openai` SDK, Open WebUI and SillyTavern work unchanged with base URL
+    http://HOST:PORT/v1. API docs at /docs. Voices added, renamed or removed with the
+    CLI meanwhile are seen by the next request. Ctrl-C (or SIGTERM) finishes the
+    requests in flight, then stops.
+
+    \b
+    voicedb serve --preload --default-voice alice
+    curl localhost:8000/v1/audio/speech -H 'Content-Type: application/json' \\
+      -d '{"model": "tts-1", "voice": "alice", "input": "Hello."}' -o hello.mp3
+    """
+    from .server import ServerSettings
+    from .server import serve as run_server
+
+    db = library(ctx)
+    if default_voice is not None:
+        db.get(default_voice)  # an unknown default voice is a start-up error, not a 404 per request
+    settings = ServerSettings(
+        model=model,
+        api_key=api_key or None,
+        max_tokens=max_tokens,
+        default_voice=default_voice,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_waiting=max_waiting,
+        preload=preload,
+    )
+    run_server(db, settings, host=host, port=port)
 
 
 def main() -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from .audio import BestReference, LoadedClip, load_clip
 from .catalog import Catalog, Change
@@ -30,6 +32,8 @@ from .store import ConditionalsRow, VoiceRow, utcnow
 #: How far ``t3.speaker_emb`` may drift from the voice vector (float32 round trips) and still be current.
 SPEAKER_TOLERANCE = 1e-4
 IMPORTED = "imported"  # the checkpoint fingerprint of conditionals that came from a file
+#: Loaded conditionals kept on the model's device; each is well under a megabyte.
+CACHED_CONDITIONALS = 64
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,28 @@ def best_reference(clips: Iterable[Path], flavour: Flavour, best: BestReference 
     return best.clip
 
 
+def shallow_copy(conds: Any) -> Any:
+    """A ``Conditionals`` of its own sharing the tensors: upstream ``generate`` replaces ``conds.t3``,
+    which must not reach the copy other callers hold."""
+    return type(conds)(conds.t3, dict(conds.gen))
+
+
 class ConditionalsStore:
-    def __init__(self, ctx: LibraryContext, catalog: Catalog) -> None:
+    """Conditionals loaded once stay in a bounded LRU on the model's device, keyed by (voice, flavour,
+    file); the file name carries its content hash, so a re-derived or replaced file is a new key and
+    the stale entry ages out."""
+
+    def __init__(self, ctx: LibraryContext, catalog: Catalog, cache_size: int = CACHED_CONDITIONALS) -> None:
         self.ctx = ctx
         self.catalog = catalog
+        self._cache: LRUCache[tuple[str, str, str], Any] = LRUCache(maxsize=cache_size)
+        self._cache_lock = threading.Lock()
+
+    @property
+    def cached(self) -> int:
+        """How many loaded conditionals are kept now (bounded by ``cache_size``)."""
+        with self._cache_lock:
+            return len(self._cache)
 
     def compute(self, flavour: Flavour, reference: LoadedClip, vector: np.ndarray) -> Prepared:
         """The slow part, done before any lock: run the model and serialise the result."""
@@ -133,13 +155,21 @@ class ConditionalsStore:
         if saved is None:
             self._derive_or_explain(voice_id, flavour, has_clips)
             return self.load(voice_id, model)
+        key = (voice_id, flavour.name, saved.file)
+        with self._cache_lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return shallow_copy(cached)
         conds = self.read(saved)
         derived = saved.clip_sha256 is not None
         outdated = derived and saved.checkpoint != self.ctx.engine.fingerprint(flavour)
         if (outdated or not speaker_matches(conds, vector)) and has_clips:
             self.derive(voice_id, flavour.name)
             return self.load(voice_id, model)
-        return conds
+        conds = conds.to(self.ctx.engine.device)
+        with self._cache_lock:
+            self._cache[key] = conds
+        return shallow_copy(conds)
 
     def _derive_or_explain(self, voice_id: str, flavour: Flavour, has_clips: bool) -> None:
         if not has_clips:
@@ -159,4 +189,7 @@ class ConditionalsStore:
                 f"the {saved.flavour} conditionals of a voice ({saved.file}) are missing or corrupt; "
                 "run `voicedb check --repair`."
             )
-        return conditionals_class().load(path, map_location="cpu")
+        import torch
+
+        with torch.inference_mode():  # saved tensors never carry autograd state
+            return conditionals_class().load(path, map_location="cpu")

@@ -500,12 +500,12 @@ class Engine:
             else:
                 from chatterbox.models.t3.modules.cond_enc import T3Cond
 
-                conds.t3 = T3Cond(
+                t3_cond = T3Cond(
                     speaker_emb=conds.t3.speaker_emb,
                     cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
                     emotion_adv=settings.exaggeration * torch.ones(1, 1, 1),
                 ).to(device=self.device)
-                speech_tokens = self._t3_tokens(flavour, t3, tokenizer, conds, text, settings)
+                speech_tokens = self._t3_tokens(flavour, t3, tokenizer, t3_cond, text, settings)
             wav, _ = s3gen.inference(
                 speech_tokens=_renderable(speech_tokens).to(self.device),
                 ref_dict=conds.gen,
@@ -514,7 +514,7 @@ class Engine:
             wav = wav.squeeze(0).detach().cpu().numpy()
             return np.asarray(self.watermarker().apply_watermark(wav, sample_rate=S3GEN_SR), dtype=np.float32)
 
-    def _t3_tokens(self, flavour: Flavour, t3, tokenizer, conds, text: str, settings: SynthesisSettings):
+    def _t3_tokens(self, flavour: Flavour, t3, tokenizer, t3_cond, text: str, settings: SynthesisSettings):
         """Speech tokens from the Llama T3, as upstream ``ChatterboxTTS`` / ``ChatterboxMultilingualTTS.generate``."""
         import torch
         import torch.nn.functional as F
@@ -540,7 +540,7 @@ class Engine:
         text_tokens = F.pad(text_tokens, (1, 0), value=t3.hp.start_text_token)
         text_tokens = F.pad(text_tokens, (0, 1), value=t3.hp.stop_text_token)
         speech_tokens = t3.inference(
-            t3_cond=conds.t3,
+            t3_cond=t3_cond,
             text_tokens=text_tokens,
             max_new_tokens=settings.max_tokens,
             temperature=settings.temperature,

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import config
 from .audio import AudioInput, AudioSource, BestReference, LoadedClip, audio_source, expand_audio_paths, load_clip
-from .catalog import Catalog, KeptClip, check_name, voice_record
+from .catalog import Catalog, KeptClip, check_language, check_name, voice_record
 from .conditionals import ConditionalsStore, best_reference
 from .context import LibraryContext
 from .errors import AudioError, LibraryError, QualityError
@@ -39,7 +39,7 @@ def audio_sources(audio: Sequence[AudioInput]) -> list[AudioSource]:
             for path in expand_audio_paths([Path(item)]):
                 sources.setdefault(path.resolve(), audio_source(path))
         else:
-            source = audio_source(item, name=f"audio-{n + 1}")
+            source = item if isinstance(item, AudioSource) else audio_source(item, name=f"audio-{n + 1}")
             sources[id(source)] = source
     if not sources:
         raise AudioError("no audio given.")
@@ -73,12 +73,14 @@ class Enrollment:
         tags: Sequence[str] = (),
         voice: str | None = None,
         model: str = "english",
+        language: str | None = None,
         conditionals: bool = True,
         strict: bool = False,
         progress: ProgressHook | None = None,
     ) -> AddResult:
         """Enroll clips as a new voice, or (``voice=``) add them to an existing one; see ``VoiceDB.add``."""
         flavour = flavour_named(model)
+        language = check_language(language)
         sources = audio_sources(audio)
         if voice is None:
             name = check_name(default_name(audio, sources) if name is None else name)
@@ -108,12 +110,14 @@ class Enrollment:
             self.catalog.refuse_duplicate_clips({c.sha256: c.name for c in clips}, change.session)
             if voice_id is None:
                 self.catalog.check_name_free(name, change.session)
-                row = change.new_voice(name, tags, mean, encoder)
+                row = change.new_voice(name, tags, mean, encoder, language)
             else:
                 row = self.catalog.row(change.session, voice_id)
                 if len(row.clips) != len(existing):
                     raise LibraryError(f"voice {voice_id} changed while its clips were analysed; try again.")
                 row.tags = sorted(set(row.tags or []) | set(tags))
+                if language is not None:
+                    row.language = language
                 row.updated_at = utcnow()
                 row.embedding = mean.tobytes()
                 change.reindex(row)

@@ -30,6 +30,10 @@ class AudioError(VoiceDBError):
     """A clip is missing, unreadable, not audio, silent or too short."""
 
 
+class NotAudio(AudioError):
+    """The data is not audio in any format we can decode (the server answers 415)."""
+
+
 class DuplicateClip(VoiceDBError):
     """The exact same recording (by content hash) is already enrolled."""
 

@@ -33,7 +33,7 @@ from .flavours import SynthesisSettings
 from .matching import Matcher
 from .portability import Portability
 from .records import AddResult, Match, Problem, SpeakResult, Voice
-from .synthesis import Synthesizer
+from .synthesis import SpeechStream, Synthesizer
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -122,6 +122,11 @@ class VoiceDB:
         """Add and remove tags of a voice."""
         return self._catalog.update_tags(ref, add, remove)
 
+    def set_language(self, ref: str, language: str | None) -> Voice:
+        """Set the language a voice speaks (a multilingual model language id: "en", "fr", "ja", ...;
+        case-insensitive, stored lowercase); ``None`` clears it. An unknown id raises ``VoiceDBError``."""
+        return self._catalog.set_language(ref, language)
+
     def remove(self, *refs: str) -> list[Voice]:
         """Delete voices (rows, index entries, kept clips, conditionals): all of them, or none when
         any reference is unknown."""
@@ -136,6 +141,7 @@ class VoiceDB:
         tags: Sequence[str] = (),
         voice: str | None = None,
         model: str = "english",
+        language: str | None = None,
         conditionals: bool = True,
         strict: bool = False,
         progress: ProgressHook | None = None,
@@ -145,7 +151,9 @@ class VoiceDB:
         The embedding is the mean of the clips' voice-encoder embeddings, L2-normalised. With
         ``conditionals`` the voice's Chatterbox conditionals for ``model`` are computed from the best
         clip and saved in the same change (otherwise on first use). ``strict`` turns quality
-        warnings into a ``QualityError``. Directories are searched for audio files.
+        warnings into a ``QualityError``. Directories are searched for audio files. ``language``
+        records the language the voice speaks (see ``set_language``; with ``voice=`` it replaces the
+        stored one), checked before any audio is read.
         """
         return self._enrollment.add(
             audio,
@@ -153,6 +161,7 @@ class VoiceDB:
             tags=tags,
             voice=voice,
             model=model,
+            language=language,
             conditionals=conditionals,
             strict=strict,
             progress=progress,
@@ -210,6 +219,23 @@ class VoiceDB:
         return self._synthesizer.speak(
             ref, text, model=model, settings=settings, seed=seed, output=output, progress=progress
         )
+
+    def speak_stream(
+        self,
+        ref: str,
+        text: str,
+        *,
+        model: str = "english",
+        settings: SynthesisSettings | None = None,
+        seed: int | None = None,
+    ) -> SpeechStream:
+        """Like ``speak``, chunk by chunk: iterate the result for each sentence chunk's audio (float32,
+        24 kHz, the pause before it included) as soon as it is synthesised; ``close()`` stops early.
+
+        The voice, language and text are checked before this returns, so a bad request fails here.
+        Consume it on one thread: it holds the engine's sampler until exhausted or closed.
+        """
+        return self._synthesizer.stream(ref, text, model=model, settings=settings or SynthesisSettings(), seed=seed)
 
     # -- exchange -----------------------------------------------------------------------------
     def export(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .audio import audio_source, load_clip
-from .catalog import Catalog, KeptClip, check_name, voice_record
+from .catalog import Catalog, KeptClip, check_language, check_name, voice_record
 from .conditionals import IMPORTED, ConditionalsStore, Prepared, serialise
 from .context import LibraryContext
 from .enroll import Enrollment
@@ -38,6 +38,17 @@ def file_stem(voice_name: str) -> str:
 def refuse_overwrite(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise VoiceDBError(f"{path} already exists; choose another name or pass --force to overwrite it.")
+
+
+def bundle_language(path: Path, manifest: dict[str, Any]) -> str | None:
+    """The language a bundle's manifest records, checked like user input (older bundles have none)."""
+    language = manifest.get("language")
+    if language is not None and not isinstance(language, str):
+        raise ImportRejected(f"{path}: malformed language in the manifest.")
+    try:
+        return check_language(language)
+    except VoiceDBError as exc:
+        raise ImportRejected(f"{path}: {exc}") from None
 
 
 class Portability:
@@ -84,6 +95,7 @@ class Portability:
                 "id": row.id,
                 "name": row.name,
                 "tags": list(row.tags or []),
+                "language": row.language,
                 "encoder": row.encoder,
                 "clips": clips,
             }
@@ -139,6 +151,7 @@ class Portability:
         manifest = bundle.manifest["voice"]
         name = check_name(name or manifest["name"])
         self.catalog.check_name_free(name)
+        language = bundle_language(path, manifest)
         clips = self._bundle_clips(path, manifest.get("clips", []), bundle.members)
         encoder = self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
         vector = normalised(bundle.embedding)
@@ -163,7 +176,8 @@ class Portability:
                     prepared[flavour] = Prepared(flavour, serialise(conds), IMPORTED, None)
         tags = [str(tag) for tag in manifest.get("tags", []) if isinstance(tag, str)]
         warnings = self.enrollment.duplicate_warnings(vector)
-        return AddResult(self._insert(name, tags, vector, encoder, prepared, clips), True, [], warnings)
+        voice = self._insert(name, tags, vector, encoder, prepared, clips, language)
+        return AddResult(voice, True, [], warnings)
 
     def _bundle_clips(self, path: Path, listed: Any, members: dict[str, bytes]) -> list[dict[str, Any]]:
         """The bundle's clips, validated: each present, not yet enrolled, with sane metadata."""
@@ -202,11 +216,12 @@ class Portability:
         encoder: str,
         prepared: dict[str, Prepared],
         clips: list[dict[str, Any]],
+        language: str | None = None,
     ) -> Voice:
         with self.catalog.write("import") as change:
             self.catalog.check_name_free(name, change.session)
             self.catalog.refuse_duplicate_clips({c["sha256"]: c["file"] for c in clips}, change.session)
-            row = change.new_voice(name, tags, vector, encoder)
+            row = change.new_voice(name, tags, vector, encoder, language)
             for clip in clips:
                 kept = KeptClip(
                     clip["sha256"],
@@ -241,7 +256,9 @@ class Portability:
             path = directory / Path(file_name).name
             if not path.is_file() or sha256_file(path) != checksum:
                 raise ImportRejected(f"{path}: missing or does not match {BACKUP_INDEX}.")
-            names.append(read_bundle(path).manifest["voice"]["name"])
+            manifest = read_bundle(path).manifest["voice"]
+            bundle_language(path, manifest)
+            names.append(manifest["name"])
         for name in names:
             self.catalog.check_name_free(check_name(name))
         imported: list[Voice] = []

@@ -20,6 +20,7 @@ class Voice:
     clips: int
     seconds: float
     models: list[str]
+    language: str | None  # a language id of the multilingual model (``flavours.languages()``), or None
     created_at: dt.datetime
     updated_at: dt.datetime
 

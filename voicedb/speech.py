@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +48,9 @@ def _split_words(text: str, max_chars: int) -> list[str]:
     return chunks
 
 
-def join_with_pauses(pieces: Sequence[np.ndarray], sample_rate: int, pause_s: float = PAUSE_SECONDS) -> np.ndarray:
-    """Concatenate chunk audio with ``pause_s`` of silence between chunks (float32, mono)."""
-    silence = np.zeros(int(pause_s * sample_rate), dtype=np.float32)
-    joined: list[np.ndarray] = []
-    for n, piece in enumerate(pieces):
-        if n:
-            joined.append(silence)
-        joined.append(np.asarray(piece, dtype=np.float32).reshape(-1))
-    return np.concatenate(joined) if joined else silence[:0]
+def pause(sample_rate: int, seconds: float = PAUSE_SECONDS) -> np.ndarray:
+    """The silence put between chunks of speech (float32, mono)."""
+    return np.zeros(int(seconds * sample_rate), dtype=np.float32)
 
 
 #: Output formats by file suffix: (soundfile format, subtype). The same formats the server offers.

@@ -41,7 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from .errors import LibraryError
 
 #: The Alembic revision this code expects; a test checks it is the head of ``migrations/versions``.
-SCHEMA_HEAD = "0001_initial"
+SCHEMA_HEAD = "0002_voice_language"
 EMBEDDING_DIM = 256
 BUSY_TIMEOUT_MS = 30_000
 WAL_ATTEMPTS = 100
@@ -68,6 +68,8 @@ class VoiceRow(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     #: SHA-256 of the voice-encoder weights that produced ``embedding``.
     encoder: Mapped[str] = mapped_column(String(64))
+    #: The language id the voice speaks (one of ``flavours.languages()``, lowercase), if known.
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

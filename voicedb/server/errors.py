@@ -1,0 +1,96 @@
+"""Errors as OpenAI's clients read them: ``{"error": {"message", "type", "code"}}`` with the right status.
+
+Every ``VoiceDBError`` already carries a one-line message for its user; here it gets a status. Any
+other exception is a bug: its traceback goes to the server's log, never into a response.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import (
+    AmbiguousVoice,
+    CheckpointError,
+    DuplicateClip,
+    ImportRejected,
+    LibraryError,
+    NameTaken,
+    NotAudio,
+    VoiceDBError,
+    VoiceNotFound,
+)
+from .jobs import QueueFull
+
+log = logging.getLogger("voicedb.server")
+
+#: (status, type, code) by error class; the first class that fits wins, so subclasses come first.
+STATUSES: list[tuple[type[VoiceDBError], int, str, str]] = [
+    (VoiceNotFound, 404, "not_found_error", "voice_not_found"),
+    (AmbiguousVoice, 400, "invalid_request_error", "ambiguous_voice"),
+    (NameTaken, 409, "conflict_error", "name_taken"),
+    (DuplicateClip, 409, "conflict_error", "clip_already_enrolled"),
+    (NotAudio, 415, "invalid_request_error", "unsupported_media_type"),
+    (ImportRejected, 400, "invalid_request_error", "import_rejected"),
+    (CheckpointError, 503, "server_error", "model_unavailable"),
+    (LibraryError, 500, "server_error", "library_error"),
+    (VoiceDBError, 400, "invalid_request_error", "invalid_request"),
+]
+
+
+class APIError(Exception):
+    """An error the server itself decides on (auth, size limits), in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.type, self.code, self.headers = status, type_, code, headers or {}
+
+
+def error_response(
+    status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def voicedb_error_response(exc: VoiceDBError) -> JSONResponse:
+    status, type_, code = next((s, t, c) for cls, s, t, c in STATUSES if isinstance(exc, cls))
+    return error_response(status, str(exc), type_, code)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into OpenAI's error shape."""
+
+    @app.exception_handler(VoiceDBError)
+    async def library_error(_request: Request, exc: VoiceDBError) -> JSONResponse:
+        return voicedb_error_response(exc)
+
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, str(exc), exc.type, exc.code, exc.headers)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_request: Request, exc: QueueFull) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(503, str(exc), "server_error", "queue_full", headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
+        return error_response(400, message, "invalid_request_error", "invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, str(exc.detail), type_, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal server error; the server's log has the details.", "server_error", None)
