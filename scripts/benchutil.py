@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -24,3 +25,26 @@ def median_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True)
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, interpolated between the nearest ranks."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def device_name(device: str) -> str:
+    """The GPU's name for a CUDA device, else the CPU's model and core count."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    return f"{model} ({os.cpu_count()} cores)"

@@ -18,17 +18,19 @@ LAYERS = [
     {"synthesis", "enroll"},
     {"portability", "checker"},
     {"library"},
+    {"server"},  # the package voicedb/server: HTTP over the library
     {"cli"},
     {"__init__", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
-def internal_imports(path: Path) -> set[str]:
-    """Names of voicedb modules that ``path`` imports anywhere (top level or inside functions)."""
+def internal_imports(path: Path, level: int = 1) -> set[str]:
+    """Names of voicedb modules that ``path`` imports anywhere (top level or inside functions);
+    ``level`` is how many dots name the package itself (2 inside ``voicedb/server``)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == level:
             if node.module:
                 found.add(node.module.split(".")[0])
             else:
@@ -39,7 +41,8 @@ def internal_imports(path: Path) -> set[str]:
 
 
 def test_every_module_has_a_layer():
-    assert {p.stem for p in PACKAGE.glob("*.py")} == set(RANK)
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} - {"migrations"}
+    assert {p.stem for p in PACKAGE.glob("*.py")} | packages == set(RANK)
 
 
 def test_imports_only_point_down_the_layers():
@@ -48,5 +51,15 @@ def test_imports_only_point_down_the_layers():
         for path in sorted(PACKAGE.glob("*.py"))
         for name in sorted(internal_imports(path))
         if RANK[name] >= RANK[path.stem]
+    ]
+    assert upward == []
+
+
+def test_the_server_builds_on_the_library_and_never_on_the_cli():
+    upward = [
+        f"server/{path.name} imports {name}"
+        for path in sorted((PACKAGE / "server").glob("*.py"))
+        for name in sorted(internal_imports(path, level=2))
+        if RANK[name] >= RANK["server"]
     ]
     assert upward == []

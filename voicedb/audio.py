@@ -69,7 +69,10 @@ class AudioSource:
 
 
 def audio_source(audio: AudioInput, name: str | None = None) -> AudioSource:
-    """Turn a path, bytes, or ``(samples, sample_rate)`` into an ``AudioSource``; arrays are encoded as FLAC."""
+    """Turn a path, bytes, or ``(samples, sample_rate)`` into an ``AudioSource``; arrays are encoded as FLAC.
+    An ``AudioSource`` (bytes with their own name, as uploads come) passes through."""
+    if isinstance(audio, AudioSource):
+        return audio
     if isinstance(audio, (bytes, bytearray, memoryview)):
         return AudioSource(name or "audio", data=bytes(audio))
     if isinstance(audio, tuple):

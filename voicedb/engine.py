@@ -305,6 +305,11 @@ class Engine:
         """Keys of what is loaded so far (``"t3:english"``, ``"ve"``, ...): what a call has paid for."""
         return sorted(self._networks)
 
+    def ready_for(self, flavour: Flavour) -> bool:
+        """Whether ``synthesize`` with ``flavour`` would load nothing first (what a server's /ready asks)."""
+        needed = {f"t3:{flavour.name}", f"s3gen:{flavour.s3gen_file}", f"tok:{flavour.name}", "watermarker"}
+        return needed <= set(self._networks)
+
     # -- voice encoder ---------------------------------------------------------------------
     def _ve_path(self) -> Path:
         """``ve.safetensors``, or the multilingual layout's ``ve.pt`` in a local directory that has only that.

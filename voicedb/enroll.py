@@ -39,7 +39,7 @@ def audio_sources(audio: Sequence[AudioInput]) -> list[AudioSource]:
             for path in expand_audio_paths([Path(item)]):
                 sources.setdefault(path.resolve(), audio_source(path))
         else:
-            source = item if isinstance(item, AudioSource) else audio_source(item, name=f"audio-{n + 1}")
+            source = audio_source(item, name=f"audio-{n + 1}")
             sources[id(source)] = source
     if not sources:
         raise AudioError("no audio given.")

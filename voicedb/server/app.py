@@ -118,12 +118,10 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/ready", tags=["service"])
     def ready(response: Response) -> dict[str, Any]:
         """Readiness: 200 once the speech model is loaded, 503 before."""
-        needed = {f"t3:{settings.model}", f"s3gen:{settings.model}"}
-        loaded = db.engine.loaded()
-        if not needed <= set(loaded):
+        if not db.engine.ready_for(FLAVOURS[settings.model]):
             response.status_code = 503
-            return {"status": "loading", "loaded": loaded}
-        return {"status": "ready", "loaded": loaded}
+            return {"status": "loading", "model": settings.model}
+        return {"status": "ready", "model": settings.model}
 
     # -- OpenAI speech ---------------------------------------------------------------------------
     async def speech(request: SpeechRequest) -> StreamingResponse:
@@ -211,6 +209,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             AudioSource(upload.filename or f"upload-{n + 1}", data=await upload.read()) for n, upload in enumerate(file)
         ]
         tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
+        name = name or Path(sources[0].name).stem  # as the CLI names a voice after its first file
         result = await run_in_threadpool(
             lambda: db.add(sources, name=name, tags=tag_list, language=language, model=settings.model)
         )
