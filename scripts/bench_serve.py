@@ -24,8 +24,8 @@ Prints Markdown tables and the device they ran on. The offline test checkpoint
 (scripts/make_test_checkpoint.py; built into .pytest_cache when ``--checkpoint`` is not given) has a
 random T3 that never stops by itself, hence the speech-token cap (``--max-tokens``, the server's
 ``--max-tokens``). Defaults are sized per device: on CUDA 20 requests per speech row and a
-200-request cycle; on a CPU, where one synthesis takes seconds, 8 and 40 (about 10 minutes on two
-cores); ``--quick`` is a smoke run of about 2-3 minutes. ``--threads`` sets OMP_NUM_THREADS for the
+200-request cycle; on a CPU, where one synthesis takes seconds, 8 and 32 (under 10 minutes on two
+cores); ``--quick`` is a smoke run of about 3 minutes. ``--threads`` sets OMP_NUM_THREADS for the
 server and CLI processes alike (on a busy machine 1 is steadier than torch's default). The server is
 stopped at the end, also on errors and Ctrl-C. Machines are noisy: compare the ratios.
 """
@@ -61,8 +61,8 @@ SEED = 1
 #: (per concurrency level), CLI match repeats, reference seconds.
 PROFILES = {
     "cuda": dict(voices=20, requests=20, cycle=200, processes=3, match_requests=48, cli_repeats=3, ref_seconds=10.0),
-    "cpu": dict(voices=20, requests=8, cycle=40, processes=3, match_requests=48, cli_repeats=3, ref_seconds=3.0),
-    "quick": dict(voices=6, requests=3, cycle=12, processes=1, match_requests=16, cli_repeats=1, ref_seconds=3.0),
+    "cpu": dict(voices=20, requests=8, cycle=32, processes=3, match_requests=48, cli_repeats=3, ref_seconds=3.0),
+    "quick": dict(voices=4, requests=2, cycle=8, processes=1, match_requests=16, cli_repeats=1, ref_seconds=3.0),
 }
 
 ENROLL = """
@@ -126,7 +126,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_handle = open(log, "w")  # noqa: SIM115 - closed in stop()
-        command = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--preload", "--max-tokens", str(max_tokens)]
+        command = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--preload"]
+        command += ["--max-tokens", str(max_tokens)]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "voicedb", *command],
@@ -171,9 +172,9 @@ class Server:
         self._log_handle.close()
 
 
-def speak_once(client: httpx.Client, voice: str, fmt: str, failures: Failures) -> tuple[float, float] | None:
+def speak_once(client: httpx.Client, voice: str, text: str, fmt: str, failures: Failures) -> tuple[float, float] | None:
     """(seconds to the first body byte, seconds to the last) of one streamed speech request."""
-    body = {"model": "tts-1", "input": TEXT, "voice": voice, "response_format": fmt, "seed": SEED}
+    body = {"model": "tts-1", "input": text, "voice": voice, "response_format": fmt, "seed": SEED}
     start = time.perf_counter()
     first = None
     received = 0
@@ -193,12 +194,12 @@ def speak_once(client: httpx.Client, voice: str, fmt: str, failures: Failures) -
 
 
 def speak_series(
-    client: httpx.Client, voices: list[str], fmt: str, failures: Failures
+    client: httpx.Client, voices: list[str], args: argparse.Namespace, failures: Failures
 ) -> tuple[list[float], list[float]]:
     """First-byte and total seconds of one request per entry of ``voices``, in order."""
     firsts, totals = [], []
     for voice in voices:
-        timing = speak_once(client, voice, fmt, failures)
+        timing = speak_once(client, voice, args.text, args.format, failures)
         if timing:
             firsts.append(timing[0])
             totals.append(timing[1])
@@ -207,8 +208,10 @@ def speak_series(
 
 def match_level(
     client: httpx.Client, clips: list[tuple[str, bytes]], clients: int, count: int, failures: Failures
-) -> tuple[float, list[float]]:
-    """(requests per second, latencies) of ``count`` match requests from ``clients`` threads at once."""
+) -> tuple[float, list[float], int]:
+    """(requests per second, latencies, how many matched a voice) of ``count`` match requests from
+    ``clients`` threads at once."""
+    matched = []
 
     def one(n: int) -> float | None:
         name, data = clips[n % len(clips)]
@@ -218,12 +221,13 @@ def match_level(
         if response.status_code != 200:
             failures.record("POST /v1/match", response.status_code, response.text)
             return None
+        matched.append(bool(response.json().get("matched")))
         return elapsed
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
         latencies = [t for t in pool.map(one, range(count)) if t is not None]
-    return len(latencies) / (time.perf_counter() - start), latencies
+    return len(latencies) / (time.perf_counter() - start), latencies, sum(matched)
 
 
 def med(values: list[float]) -> float:
@@ -244,6 +248,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="concurrent match clients")
     parser.add_argument("--ref-seconds", type=float, help="cut enrollment clips to this (default 10 CUDA, 3 CPU)")
     parser.add_argument("--max-tokens", type=int, default=12, help="speech-token cap per chunk (25 = 1 s)")
+    parser.add_argument("--text", default=TEXT, help="what every speech request says (one sentence: one chunk)")
     parser.add_argument("--format", default="wav", choices=["wav", "pcm", "mp3", "opus", "aac", "flac"])
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server and CLI processes")
     parser.add_argument("--timeout", type=float, default=600, help="seconds any one request or process may take")
@@ -258,7 +263,13 @@ def main() -> None:
         checkpoint = CHECKPOINT_CACHE
         checkpoint.mkdir(parents=True, exist_ok=True)
         print(f"checkpoint: {checkpoint} (scripts/make_test_checkpoint.py; nothing to do when complete)", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_checkpoint.py"), str(checkpoint)], check=True)
+        built = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "make_test_checkpoint.py"), str(checkpoint)],
+            capture_output=True,
+            text=True,
+        )
+        if built.returncode:
+            sys.exit(f"building the test checkpoint failed:\n{built.stdout[-2000:]}{built.stderr[-3000:]}")
 
     with tempfile.TemporaryDirectory(prefix="voicedb-bench-serve-") as tmp:
         scratch = Path(tmp)
@@ -315,22 +326,22 @@ def run_benchmarks(
     limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
     with httpx.Client(base_url=server.url, timeout=timeout, limits=limits, trust_env=False) as client:
         print(f"server on {server.url}: waiting for /ready ...", flush=True)
-        r["ready_s"] = server.wait_ready(client, args.timeout)
+        r["ready_s"] = server.wait_ready(client, min(args.timeout, 300))
         print(f"  ready after {r['ready_s']:.1f} s", flush=True)
 
         print(f"speech: 1 warm-up + {args.requests} same voice + {args.requests} switching ...", flush=True)
-        speak_series(client, names[:1], args.format, failures)  # warm-up: first-use costs of the process
-        r["same"] = speak_series(client, names[:1] * args.requests, args.format, failures)
+        speak_series(client, names[:1], args, failures)  # warm-up: first-use costs of the process
+        r["same"] = speak_series(client, names[:1] * args.requests, args, failures)
         others = [names[1 + n % (len(names) - 1)] for n in range(args.requests)] if len(names) > 1 else names
-        r["switch"] = speak_series(client, others, args.format, failures)
+        r["switch"] = speak_series(client, others, args, failures)
 
         print(f"cycle: {args.cycle} requests through {len(names)} voices ...", flush=True)
         r["rss_before"] = server.rss_mb()
         first_pass = min(len(names), args.cycle)
         cycle = [names[n % len(names)] for n in range(args.cycle)]
-        head = speak_series(client, cycle[:first_pass], args.format, failures)
+        head = speak_series(client, cycle[:first_pass], args, failures)
         r["rss_first_pass"] = server.rss_mb()
-        tail = speak_series(client, cycle[first_pass:], args.format, failures)
+        tail = speak_series(client, cycle[first_pass:], args, failures)
         r["rss_after"] = server.rss_mb()
         r["cycle"] = (head[0] + tail[0], head[1] + tail[1])
 
@@ -339,7 +350,7 @@ def run_benchmarks(
         for n in range(args.processes):
             output = scratch / f"cli-{n}.wav"
             seconds, done = voicedb_process(
-                ["speak", "--voice", names[0], TEXT, "--max-tokens", str(args.max_tokens), "--seed", str(SEED)]
+                ["speak", "--voice", names[0], args.text, "--max-tokens", str(args.max_tokens), "--seed", str(SEED)]
                 + ["-o", str(output)],
                 env,
                 args.timeout,
@@ -353,9 +364,7 @@ def run_benchmarks(
         query_clips = [(p.name, p.read_bytes()) for p in sorted(SPEECH.glob("*.flac"))]
         print(f"match: {args.match_requests} requests at {args.concurrency} clients ...", flush=True)
         match_level(client, query_clips, 1, 1, failures)  # warm-up
-        r["match"] = {
-            c: match_level(client, query_clips, c, args.match_requests, failures) for c in args.concurrency
-        }
+        r["match"] = {c: match_level(client, query_clips, c, args.match_requests, failures) for c in args.concurrency}
         print(f"`voicedb match --json`: {args.cli_repeats} processes ...", flush=True)
         cli_match = []
         for n in range(args.cli_repeats):
@@ -401,7 +410,7 @@ def report(
     print(
         f"\ndevice: {args.device} -- {device_name(args.device)}; {threads}; checkpoint {checkpoint.name}; "
         f"{args.voices} voices from {args.ref_seconds:g} s clips; {args.max_tokens} speech tokens, "
-        f'"{TEXT}" as {args.format}, seed {SEED}'
+        f'"{args.text}" as {args.format}, seed {SEED}'
     )
     print(f"server: {r['ready_s']:.1f} s from spawn to /ready 200 (imports, --preload)\n")
 
@@ -409,11 +418,12 @@ def report(
     switch_first, switch_total = r["switch"]
     cycle_first, cycle_total = r["cycle"]
     base = med(same_total)
-    print(f"| speech (median) | requests | first byte s | total s | vs same voice |")
+    first_use = " (each on first use)" if args.requests < args.voices else ""
+    print("| speech (median) | requests | first byte s | total s | vs same voice |")
     print("|---|---:|---:|---:|---:|")
     rows = [
         ("server, same voice every request", same_first, same_total),
-        ("server, a voice not used before, every request", switch_first, switch_total),
+        (f"server, a different voice every request{first_use}", switch_first, switch_total),
         (f"server, cycling through {args.voices} voices", cycle_first, cycle_total),
     ]
     for label, firsts, totals in rows:
@@ -427,20 +437,20 @@ def report(
     )
 
     cli_match = med(r["cli_match"])
-    print(f"\n| match ({args.match_requests} requests per row) | requests/s | p50 ms | p99 ms | vs CLI |")
-    print("|---|---:|---:|---:|---:|")
-    for clients, (rps, latencies) in r["match"].items():
+    print(f"\n| match ({args.match_requests} requests per row) | requests/s | p50 ms | p99 ms | vs CLI | matched |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for clients, (rps, latencies, matched) in r["match"].items():
+        label = f"server, {clients} concurrent client{'s' * (clients != 1)}"
         if latencies:
             print(
-                f"| server, {clients} concurrent client{'s' * (clients != 1)} | {rps:.2f} | "
-                f"{percentile(latencies, 50) * 1000:.0f} | {percentile(latencies, 99) * 1000:.0f} | "
-                f"{rps * cli_match:.1f}x |"
+                f"| {label} | {rps:.2f} | {percentile(latencies, 50) * 1000:.0f} | "
+                f"{percentile(latencies, 99) * 1000:.0f} | {rps * cli_match:.1f}x | {matched}/{len(latencies)} |"
             )
         else:
-            print(f"| server, {clients} concurrent clients | failed | - | - | - |")
+            print(f"| {label} | failed | - | - | - | - |")
     print(
         f"| `voicedb match --json`, one process per request ({len(r['cli_match'])}) | {1 / cli_match:.2f} | "
-        f"{cli_match * 1000:.0f} | - | 1.0x |"
+        f"{cli_match * 1000:.0f} | - | 1.0x | - |"
     )
 
     before, first_pass, after = r["rss_before"], r["rss_first_pass"], r["rss_after"]
