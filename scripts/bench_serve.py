@@ -25,7 +25,7 @@ Prints Markdown tables and the device they ran on. The offline test checkpoint
 random T3 that never stops by itself, hence the speech-token cap (``--max-tokens``, the server's
 ``--max-tokens``). Defaults are sized per device: on CUDA 20 requests per speech row and a
 200-request cycle; on a CPU, where one synthesis takes seconds, 8 and 32 (under 10 minutes on two
-cores); ``--quick`` is a smoke run of about 3 minutes. ``--threads`` sets OMP_NUM_THREADS for the
+cores); ``--quick`` is a smoke run of 2-3 minutes. ``--threads`` sets OMP_NUM_THREADS for the
 server and CLI processes alike (on a busy machine 1 is steadier than torch's default). The server is
 stopped at the end, also on errors and Ctrl-C. Machines are noisy: compare the ratios.
 """
@@ -62,7 +62,7 @@ SEED = 1
 PROFILES = {
     "cuda": dict(voices=20, requests=20, cycle=200, processes=3, match_requests=48, cli_repeats=3, ref_seconds=10.0),
     "cpu": dict(voices=20, requests=8, cycle=32, processes=3, match_requests=48, cli_repeats=3, ref_seconds=3.0),
-    "quick": dict(voices=4, requests=2, cycle=8, processes=1, match_requests=16, cli_repeats=1, ref_seconds=3.0),
+    "quick": dict(voices=3, requests=2, cycle=6, processes=1, match_requests=16, cli_repeats=1, ref_seconds=3.0),
 }
 
 ENROLL = """
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="checkpoint dir (default: build the offline test one)")
     parser.add_argument("--device", default="cpu", help="torch device for the server and CLI (VOICEDB_DEVICE)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
-    parser.add_argument("--voices", type=int, help="voices to enroll (default 20; --quick 6)")
+    parser.add_argument("--voices", type=int, help="voices to enroll (default 20; --quick 3)")
     parser.add_argument("--requests", type=int, help="speech requests per row (default 20 on CUDA, 8 on CPU)")
     parser.add_argument("--cycle", type=int, help="speech requests through every voice, for RSS (200 CUDA, 40 CPU)")
     parser.add_argument("--processes", type=int, help="`voicedb speak` processes to time (default 3)")
@@ -248,11 +248,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="concurrent match clients")
     parser.add_argument("--ref-seconds", type=float, help="cut enrollment clips to this (default 10 CUDA, 3 CPU)")
     parser.add_argument("--max-tokens", type=int, default=12, help="speech-token cap per chunk (25 = 1 s)")
-    parser.add_argument("--text", default=TEXT, help="what every speech request says (one sentence: one chunk)")
+    parser.add_argument("--text", default=TEXT, help="what every speech request says (up to 300 characters: one chunk)")
     parser.add_argument("--format", default="wav", choices=["wav", "pcm", "mp3", "opus", "aac", "flac"])
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server and CLI processes")
     parser.add_argument("--timeout", type=float, default=600, help="seconds any one request or process may take")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the server is stopped on kill too
     profile = PROFILES["quick" if args.quick else "cuda" if args.device.startswith("cuda") else "cpu"]
     for key, value in profile.items():
         if getattr(args, key) is None:
@@ -301,7 +302,7 @@ def main() -> None:
         results: dict[str, object] = {}
         try:
             results = run_benchmarks(args, server, env, scratch, names, clips, failures)
-        except BaseException:
+        except Exception:
             if server.process.poll() is None or server.process.returncode:
                 print(f"server log, last lines:\n{server.log_tail()}", file=sys.stderr)
             raise
@@ -407,12 +408,13 @@ def report(
     log: str,
 ) -> None:
     threads = f"OMP_NUM_THREADS={args.threads}" if args.threads else "torch's default threads"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"\ndevice: {args.device} -- {device_name(args.device)}; {threads}; checkpoint {checkpoint.name}; "
         f"{args.voices} voices from {args.ref_seconds:g} s clips; {args.max_tokens} speech tokens, "
         f'"{args.text}" as {args.format}, seed {SEED}'
     )
-    print(f"server: {r['ready_s']:.1f} s from spawn to /ready 200 (imports, --preload)\n")
+    print(f"server: {r['ready_s']:.1f} s from spawn to /ready 200 (imports, --preload); load average {load}\n")
 
     same_first, same_total = r["same"]
     switch_first, switch_total = r["switch"]

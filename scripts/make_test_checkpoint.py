@@ -3,6 +3,7 @@
 
     python scripts/make_test_checkpoint.py DIR            # ResembleAI/chatterbox layout
     python scripts/make_test_checkpoint.py --turbo DIR    # ResembleAI/chatterbox-turbo layout
+    python scripts/make_test_checkpoint.py --official-size DIR  # English only, T3 at the official size
 
 - ``ve.safetensors``: a real, trained speaker encoder -- Resemblyzer's ``pretrained.pt`` (Apache-2.0,
   shipped in the ``resemblyzer`` wheel), whose weights fit Chatterbox's ``VoiceEncoder`` once
@@ -18,6 +19,9 @@
   would clash with the English one): the same ``ve.safetensors``, a random 2-layer GPT-2
   ``t3_turbo_v1.safetensors``, a random mean-flow ``s3gen_meanflow.safetensors`` and a byte-level
   tokenizer with its ``tokenizer_config.json``.
+
+With ``--official-size`` only the English files are written, and T3 keeps the official 30 Llama layers
+(about 2 GB): random weights of the real shape, for timing synthesis on a GPU (``scripts/bench_gpu.py``).
 
 The Hugging Face hub is never contacted. Re-running on a complete directory does nothing.
 """
@@ -88,14 +92,14 @@ def voice_encoder_state() -> dict:
     }
 
 
-def t3_state(flavour: str) -> dict:
+def t3_state(flavour: str, official_size: bool = False) -> dict:
     import torch
     from chatterbox.models.t3 import T3
 
     from voicedb.engine import t3_config
 
     torch.manual_seed(SEED)
-    return T3(t3_config(FLAVOURS[flavour], T3_TEST_SHAPES[flavour])).state_dict()
+    return T3(t3_config(FLAVOURS[flavour], None if official_size else T3_TEST_SHAPES[flavour])).state_dict()
 
 
 def s3gen_state(meanflow: bool = False) -> dict:
@@ -169,15 +173,23 @@ WRITERS = {
 }
 
 
-def make_test_checkpoint(directory: Path, turbo: bool = False) -> Path:
+OFFICIAL_SIZE_FILES = FILES[:4]  # English only
+OFFICIAL_SIZE_WRITERS = {
+    **WRITERS,
+    "t3_cfg.safetensors": lambda target: save_state(t3_state("english", official_size=True), target, as_torch=False),
+}
+
+
+def make_test_checkpoint(directory: Path, turbo: bool = False, official_size: bool = False) -> Path:
     """Write every missing file of the test checkpoint into ``directory`` (atomically, one by one)."""
     from voicedb.files import atomic_path
 
-    for name in TURBO_FILES if turbo else FILES:
+    names, writers = (OFFICIAL_SIZE_FILES, OFFICIAL_SIZE_WRITERS) if official_size else (FILES, WRITERS)
+    for name in TURBO_FILES if turbo else names:
         final = directory / name
         if not final.exists():
             with atomic_path(final) as scratch:
-                WRITERS[name](scratch)
+                writers[name](scratch)
     return directory
 
 
@@ -185,9 +197,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="where to write the checkpoint files")
     parser.add_argument("--turbo", action="store_true", help="write the Turbo model's repository layout instead")
+    parser.add_argument(
+        "--official-size", action="store_true", help="English files only, with T3 at the official size (~2 GB)"
+    )
     args = parser.parse_args()
-    path = make_test_checkpoint(args.directory, turbo=args.turbo)
-    for name in TURBO_FILES if args.turbo else FILES:
+    path = make_test_checkpoint(args.directory, turbo=args.turbo, official_size=args.official_size)
+    names = TURBO_FILES if args.turbo else OFFICIAL_SIZE_FILES if args.official_size else FILES
+    for name in names:
         print(f"{(path / name).stat().st_size / 1e6:9.1f} MB  {path / name}")
 
 

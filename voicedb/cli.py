@@ -73,6 +73,13 @@ def progress_bar() -> Iterator[Any]:
 
 
 MODEL_CHOICE = click.Choice(list(FLAVOURS))
+MAX_TOKENS_OPTION = click.option(
+    "--max-tokens",
+    type=click.IntRange(1, 1000),
+    default=1000,
+    show_default=True,
+    help="Cap on speech tokens per sentence chunk (25 tokens = 1 s).",
+)
 
 
 @click.group(cls=VoiceDBGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -366,13 +373,7 @@ def remove(ctx: click.Context, voices: tuple[str, ...]) -> None:
 )
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature.")
 @click.option("--seed", type=int, help="Random seed: the same seed gives the same audio.")
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(1, 1000),
-    default=1000,
-    show_default=True,
-    help="Cap on speech tokens per chunk (25 tokens = 1 s).",
-)
+@MAX_TOKENS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def speak(
@@ -557,13 +558,7 @@ def default_output_name(voice_name: str) -> Path:
     envvar="VOICEDB_API_KEY",
     help="Require 'Authorization: Bearer KEY' on every API request (default: $VOICEDB_API_KEY; none: open).",
 )
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(1, 1000),
-    default=1000,
-    show_default=True,
-    help="Cap on speech tokens per sentence chunk (25 tokens = 1 s).",
-)
+@MAX_TOKENS_OPTION
 @click.option(
     "--default-voice",
     metavar="ID|NAME",
