@@ -116,7 +116,7 @@ def main() -> None:
     print(f"| total time | {total:.2f} s | {direct_total:.2f} s | {total / direct_total:.2f} |")
     print(f"| audio | {audio:.2f} s | {direct_audio:.2f} s | |")
     print(f"| real-time factor (time / audio) | {total / audio:.3f} | {direct_total / direct_audio:.3f} | |")
-    print(f"| enroll one voice (VE + conditionals) | {enroll_s:.2f} s | | |")
+    print(f"| enroll a voice, first ones (loading VE and S3Gen included) | {enroll_s:.2f} s | | |")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ distinct per voice by cut and gain, and cut to ``--ref-seconds``: the S3Gen prom
 of every synthesis, grows with the reference's length). Then, all to 127.0.0.1:
 
 - speech: time to first byte and total time of ``POST /v1/audio/speech`` (streamed with httpx),
-  ``--requests`` times with the same voice, then ``--requests`` times with a voice not used before,
-  then a cycle of ``--cycle`` requests through every voice; against ``voicedb speak`` run as one
-  process per request (``--processes`` of them): what the server saves is the imports and model
-  loading each process pays. Text, seed and speech-token cap are the same everywhere.
+  ``--requests`` times with the same voice, then ``--requests`` times with another voice each time
+  (one not used before, while there are any), then a cycle of ``--cycle`` requests through every
+  voice; against ``voicedb speak`` run as one process per request (``--processes`` of them): what
+  the server saves is the imports and model loading each process pays. Text, seed and speech-token
+  cap are the same everywhere.
 - match: requests per second and p50/p99 latency of ``POST /v1/match`` at 1, 4 and 16 concurrent
   clients (``--match-requests`` each), against ``voicedb match CLIP --json`` as a process.
 - memory: the server's resident set before and after the cycle (a leak shows as growth after the
@@ -137,6 +138,7 @@ class Server:
             start_new_session=True,  # Ctrl-C reaches the bench only; the bench stops the server
         )
         self.stop_seconds: float | None = None
+        self.exited_early: int | None = None
 
     def wait_ready(self, client: httpx.Client, timeout: float) -> float:
         """Seconds from spawn until ``GET /ready`` answered 200."""
@@ -160,7 +162,8 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        self.exited_early = self.process.poll()
+        if self.exited_early is None:
             start = time.perf_counter()
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -470,8 +473,12 @@ def report(
     print(f"| `POST /v1/voices` to the running server | {http:.2f} | {http / cli_add:.2f}x |")
     print(f"| `voicedb add`, one process | {cli_add:.2f} | 1.00x |")
 
-    stopped = f"{server.stop_seconds:.1f} s" if server.stop_seconds is not None else "not within 60 s (killed)"
-    print(f"\nserver stopped {stopped} after SIGTERM")
+    if server.stop_seconds is not None:
+        print(f"\nserver stopped {server.stop_seconds:.1f} s after SIGTERM")
+    elif server.exited_early is not None:
+        print(f"\nserver had exited by itself before the end, with status {server.exited_early}")
+    else:
+        print("\nserver did not stop within 60 s of SIGTERM: killed")
     errors = [line for line in log.splitlines() if "Traceback" in line or '" 5' in line]
     if failures.counts or errors:
         print("problems:")

@@ -233,6 +233,12 @@ def test_openai_stock_voices_speak_with_the_default_voice(client: openai.OpenAI,
         model="tts-1", voice=default.id, input="Hi there.", response_format="pcm", extra_body={"seed": 2}
     )
     assert as_alloy.content == as_default.content
+    by_object = httpx.post(
+        f"{client.base_url}audio/speech",
+        json={"model": "tts-1", "voice": {"id": default.id}, "input": "Hi there.", "response_format": "pcm", "seed": 2},
+        timeout=120,
+    )
+    assert by_object.content == as_default.content
 
 
 def test_eight_concurrent_requests_over_two_voices_each_get_their_own_voice(client: openai.OpenAI, library: VoiceDB):
@@ -371,6 +377,17 @@ def test_bad_requests_are_openai_errors_with_the_right_status_and_change_nothing
     assert httpx.patch(f"{server}/v1/voices/nobody", json={"name": "y"}).status_code == 404
     assert httpx.delete(f"{server}/v1/voices/nobody").status_code == 404
     assert [v.to_dict() for v in library.list()] == before
+
+
+def test_a_bug_is_a_500_without_its_traceback(library: VoiceDB, monkeypatch: pytest.MonkeyPatch):
+    def broken(self):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(VoiceDB, "list", broken)
+    with running(library) as url:
+        response = httpx.get(f"{url}/v1/voices")
+    assert response.status_code == 500
+    assert fmt_error(response)["type"] == "server_error" and "secret" not in response.text
 
 
 def test_stock_voice_names_are_404_without_a_default_voice(library: VoiceDB):
