@@ -165,8 +165,14 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             return StreamingResponse(events, media_type="text/event-stream")
         return StreamingResponse(encoded(), media_type=fmt.media_type)
 
-    for path in ("/v1/audio/speech", "/audio/speech"):
-        app.post(path, tags=["openai"], response_class=StreamingResponse, dependencies=authorised)(speech)
+    for path, documented in (("/v1/audio/speech", True), ("/audio/speech", False)):
+        app.post(
+            path,
+            tags=["openai"],
+            response_class=StreamingResponse,
+            dependencies=authorised,
+            include_in_schema=documented,
+        )(speech)
 
     @app.get("/v1/audio/voices", tags=["openai"], dependencies=authorised)
     def audio_voices() -> dict[str, list[dict[str, str]]]:
