@@ -374,6 +374,11 @@ def test_bad_requests_are_openai_errors_with_the_right_status_and_change_nothing
     refused = httpx.post(f"{server}/v1/voices", files=quiet, data={"name": "quiet"}, timeout=60)
     assert refused.status_code == 400 and "silent" in fmt_error(refused)["message"]
     assert httpx.post(f"{server}/v1/match", files={"file": ("a.txt", b"text")}).status_code == 415
+    for upload in ("../../etc/evil.pt", "backup.voicedb"):
+        rejected = httpx.post(f"{server}/v1/voices/import", files={"file": (upload, b"PK not really")})
+        message = fmt_error(rejected)["message"]
+        assert rejected.status_code == 400 and message.startswith(Path(upload).name), message
+        assert "/" not in message.split(":")[0] and str(library.home) not in rejected.text
     assert httpx.patch(f"{server}/v1/voices/nobody", json={"name": "y"}).status_code == 404
     assert httpx.delete(f"{server}/v1/voices/nobody").status_code == 404
     assert [v.to_dict() for v in library.list()] == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -264,13 +265,14 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         name: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
         data = await file.read()
-        suffix = Path(file.filename or "voice.pt").suffix.lower() or ".pt"
+        # the client's file name only names the scratch copy, made safe: never a path of ours
+        upload = re.sub(r"[^\w.-]", "_", Path(file.filename or "").name)[-100:].lstrip(".") or "upload.pt"
 
         def import_upload() -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="voicedb-import-") as scratch:
-                path = Path(scratch) / f"upload{suffix}"
+                path = Path(scratch) / upload
                 path.write_bytes(data)
-                default_name = Path(file.filename).stem if file.filename and suffix == ".pt" else None
+                default_name = path.stem if path.suffix.lower() == ".pt" else None
                 return db.import_file(path, name=name or default_name, model=settings.model).to_dict()
 
         return await run_in_threadpool(import_upload)

@@ -7,6 +7,7 @@ other exception is a bug: its traceback goes to the server's log, never into a r
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,9 +58,18 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: An absolute path in a message: its directories are the server's business, its file name is the client's.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/:'\"]+/)+(?=[^\s/:'\"])")
+
+
+def public_message(message: str) -> str:
+    """A library message fit for a client: absolute paths shortened to their file names."""
+    return _ABSOLUTE_PATH.sub("", message)
+
+
 def voicedb_error_response(exc: VoiceDBError) -> JSONResponse:
     status, type_, code = next((s, t, c) for cls, s, t, c in STATUSES if isinstance(exc, cls))
-    return error_response(status, str(exc), type_, code)
+    return error_response(status, public_message(str(exc)), type_, code)
 
 
 def install(app: FastAPI) -> None:
