@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -213,3 +215,14 @@ def test_bundles_without_a_language_import_and_a_bad_one_is_refused(
     old = edit_manifest(bundle, tmp_path / "old.voicedb", lambda voice: voice.pop("language"))
     imported = json.loads(run("import", str(old), "--json").stdout)
     assert imported[0]["language"] is None
+
+
+def test_the_language_list_is_upstream_s_and_naming_one_never_imports_torch(standin: Path):
+    from chatterbox.mtl_tts import SUPPORTED_LANGUAGES
+
+    from voicedb.flavours import languages
+
+    assert languages() == set(SUPPORTED_LANGUAGES)
+    code = "import sys; from voicedb.flavours import languages; languages(); print('torch' in sys.modules)"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "False"

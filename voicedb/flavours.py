@@ -107,11 +107,40 @@ def flavour_named(name: str) -> Flavour:
         raise CheckpointError(f"unknown model {name!r}; choose one of {', '.join(FLAVOURS)}.") from None
 
 
-def languages() -> frozenset[str]:
-    """Language ids of the multilingual model (upstream's list; importing it loads chatterbox)."""
-    from chatterbox.mtl_tts import SUPPORTED_LANGUAGES
+#: Upstream's ``chatterbox.mtl_tts.SUPPORTED_LANGUAGES`` keys, copied so that naming a language never imports
+#: chatterbox (a test keeps the copy equal to upstream's).
+MULTILINGUAL_LANGUAGES = frozenset(
+    [
+        "ar",
+        "da",
+        "de",
+        "el",
+        "en",
+        "es",
+        "fi",
+        "fr",
+        "he",
+        "hi",
+        "it",
+        "ja",
+        "ko",
+        "ms",
+        "nl",
+        "no",
+        "pl",
+        "pt",
+        "ru",
+        "sv",
+        "sw",
+        "tr",
+        "zh",
+    ]
+)
 
-    return frozenset(SUPPORTED_LANGUAGES)
+
+def languages() -> frozenset[str]:
+    """Language ids of the multilingual model."""
+    return MULTILINGUAL_LANGUAGES
 
 
 @dataclass(frozen=True)
