@@ -24,8 +24,14 @@ from .files import atomic_write_bytes
 FORMAT = "voicedb-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
-MAX_MEMBER_BYTES = 1 << 30
 MAX_MEMBERS = 1000
+#: Bounds an honest bundle stays far below (a few clips and conditionals), checked from the zip's
+#: directory before anything is decompressed, as Pillow refuses decompression bombs.
+MAX_BUNDLE_BYTES = 512 << 20  # all members, uncompressed
+MAX_MANIFEST_BYTES = 1 << 20
+#: A member may expand this much; past it, only if it is small. Audio and tensors compress far less.
+MAX_EXPANSION = 100
+SMALL_MEMBER_BYTES = 1 << 20
 MEMBER_NAME = re.compile(r"^(embedding\.npy|conds/[a-z]+\.pt|clips/[0-9a-f]{64}\.[a-z0-9]{1,5})$")
 
 
@@ -75,6 +81,25 @@ def write_bundle(path: Path, voice: dict[str, Any], members: dict[str, bytes]) -
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def refuse_bombs(archive: zipfile.ZipFile, source: str, max_bytes: int) -> None:
+    """Refuse, from the zip's directory alone, an archive that would cost far more than it looks:
+    more than ``max_bytes`` uncompressed in all, or a member that expands suspiciously.
+
+    The sizes in the directory are what ``zipfile`` will read at most, so they bound the real cost.
+    """
+    total = 0
+    for info in archive.infolist():
+        total += info.file_size
+        if total > max_bytes:
+            raise ImportRejected(f"{source}: over {max_bytes >> 20} MB uncompressed; refusing it.")
+        expands = info.file_size > MAX_EXPANSION * max(info.compress_size, 1)
+        if expands and info.file_size > SMALL_MEMBER_BYTES:
+            raise ImportRejected(
+                f"{source}: member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}x "
+                "(a decompression bomb?); refusing it."
+            )
+
+
 def read_bundle(path: Path) -> Bundle:
     """Read and verify a bundle; any deviation raises ``ImportRejected``."""
     try:
@@ -89,23 +114,22 @@ def read_bundle(path: Path) -> Bundle:
         for info in infos:
             if info.filename != MANIFEST and not MEMBER_NAME.match(info.filename):
                 raise ImportRejected(f"{path}: refusing unexpected member {info.filename!r}.")
-            if info.file_size > MAX_MEMBER_BYTES:
-                raise ImportRejected(f"{path}: member {info.filename!r} is too large.")
         if MANIFEST not in names or len(set(names)) != len(names):
             raise ImportRejected(f"{path}: no manifest, or duplicate members.")
+        refuse_bombs(archive, str(path), MAX_BUNDLE_BYTES)
+        if archive.getinfo(MANIFEST).file_size > MAX_MANIFEST_BYTES:
+            raise ImportRejected(f"{path}: the manifest is too large.")
         try:
-            manifest = json.loads(archive.read(MANIFEST))
-            members = {name: archive.read(name) for name in names if name != MANIFEST}
-        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            manifest = json.loads(archive.read(MANIFEST))  # checked before any member is read
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+                raise ImportRejected(f"{path}: not a voicedb bundle of version {VERSION}.")
+            checksums = manifest.get("sha256")
+            listed = {name for name in names if name != MANIFEST}
+            if not isinstance(checksums, dict) or set(checksums) != listed or "embedding.npy" not in listed:
+                raise ImportRejected(f"{path}: the manifest does not list exactly the bundle's members.")
+            members = {name: _read_verified(archive, name, checksums[name], path) for name in sorted(listed)}
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ImportRejected(f"{path}: damaged bundle ({exc}).") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ImportRejected(f"{path}: not a voicedb bundle of version {VERSION}.")
-    checksums = manifest.get("sha256")
-    if not isinstance(checksums, dict) or set(checksums) != set(members) or "embedding.npy" not in members:
-        raise ImportRejected(f"{path}: the manifest does not list exactly the bundle's members.")
-    for name, data in members.items():
-        if hashlib.sha256(data).hexdigest() != checksums[name]:
-            raise ImportRejected(f"{path}: {name} does not match its checksum.")
     if not isinstance(manifest.get("voice"), dict) or not isinstance(manifest["voice"].get("name"), str):
         raise ImportRejected(f"{path}: the manifest has no voice name.")
     bundle = Bundle(manifest, members)
@@ -116,3 +140,16 @@ def read_bundle(path: Path) -> Bundle:
     if embedding.shape != (256,) or embedding.dtype != np.float32 or not np.isfinite(embedding).all():
         raise ImportRejected(f"{path}: the embedding must be 256 finite float32 values.")
     return bundle
+
+
+def _read_verified(archive: zipfile.ZipFile, name: str, checksum: object, path: Path) -> bytes:
+    """One member, hashed while it streams in; a mismatch is refused."""
+    digest = hashlib.sha256()
+    chunks = []
+    with archive.open(name) as member:
+        while chunk := member.read(1 << 20):
+            digest.update(chunk)
+            chunks.append(chunk)
+    if digest.hexdigest() != checksum:
+        raise ImportRejected(f"{path}: {name} does not match its checksum.")
+    return b"".join(chunks)

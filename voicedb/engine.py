@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .bundle import refuse_bombs
 from .errors import CheckpointError, ImportRejected
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour, SynthesisSettings
 
@@ -650,6 +652,8 @@ def conditionals_class():
     return Conditionals
 
 
+#: Upstream conditionals take a few MB (a 10 s S3Gen reference at most); anything far larger is refused.
+MAX_CONDITIONALS_BYTES = 64 << 20
 #: Keys upstream ``Conditionals.save`` writes for S3Gen, and the T3 fields it must carry.
 GEN_KEYS = frozenset({"prompt_token", "prompt_token_len", "prompt_feat", "prompt_feat_len", "embedding"})
 
@@ -663,6 +667,9 @@ def read_conditionals(data: bytes, source: str):
     from chatterbox.models.t3.modules.cond_enc import T3Cond
 
     silence_third_party()
+    if zipfile.is_zipfile(io.BytesIO(data)):  # torch's format is a zip: bounded before torch.load expands it
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            refuse_bombs(archive, source, MAX_CONDITIONALS_BYTES)
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle payloads and garbage both end here
