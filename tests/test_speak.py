@@ -225,6 +225,13 @@ def test_a_chunk_sampled_to_almost_nothing_still_speaks(two_voices, tmp_path: Pa
     assert 0 < len(audio) < 24_000
 
 
+def test_english_models_speak_a_voice_whatever_language_it_is_tagged_with(two_voices, tmp_path: Path):
+    name = next(iter(two_voices))
+    assert run("language", name, "fr").exit_code == 0
+    assert len(speak(name, tmp_path / "english.wav")) > 0
+    assert "English only" in run_fails("speak", "--voice", name, "Bonjour.", "--language", "fr")
+
+
 def test_conditionals_made_with_another_checkpoint_are_derived_again(two_voices, home: Path, tmp_path, derivations):
     import sqlite3
 

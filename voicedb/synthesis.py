@@ -41,7 +41,7 @@ class Synthesizer:
         if output is not None:
             output_format(Path(output))  # refuse an unknown suffix before the slow part
         stream = self.stream(ref, text, model=model, settings=settings, seed=seed, progress=progress)
-        audio = np.concatenate([piece for piece in stream]) if stream.chunks else np.zeros(0, np.float32)
+        audio = np.concatenate(list(stream))  # split_text never returns no chunks
         written = None
         if output is not None:
             if progress:
@@ -63,7 +63,8 @@ class Synthesizer:
         """Check the request and load the voice now; the returned iterable synthesises chunk by chunk."""
         flavour = flavour_named(model)
         voice = self.catalog.get(ref)
-        language = flavour.check_language(settings.language or voice.language)
+        # a voice's language is what the multilingual model speaks unless told otherwise; English models ignore it
+        language = flavour.check_language(settings.language or (voice.language if flavour.multilingual else None))
         chunks = split_text(text)
         conds = self.conditionals.load(voice.id, flavour.name)
         settings = replace(settings, language=language)
