@@ -663,13 +663,13 @@ def read_conditionals(data: bytes, source: str):
 
     Returns upstream ``Conditionals``; anything unexpected is an ``ImportRejected`` naming ``source``.
     """
+    if zipfile.is_zipfile(io.BytesIO(data)):  # torch's format is a zip: bounded before torch even loads
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            refuse_bombs(archive, source, MAX_CONDITIONALS_BYTES)
     import torch
     from chatterbox.models.t3.modules.cond_enc import T3Cond
 
     silence_third_party()
-    if zipfile.is_zipfile(io.BytesIO(data)):  # torch's format is a zip: bounded before torch.load expands it
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            refuse_bombs(archive, source, MAX_CONDITIONALS_BYTES)
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle payloads and garbage both end here
