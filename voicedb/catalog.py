@@ -63,10 +63,7 @@ def check_name(name: str) -> str:
 
 
 def check_language(language: str | None) -> str | None:
-    """A voice's language: ``None``, or one of the multilingual model's language ids, stored lowercase.
-
-    Reading the ids imports chatterbox (no model is loaded), so only a language given is checked.
-    """
+    """A voice's language: ``None``, or one of the multilingual model's language ids, stored lowercase."""
     if language is None:
         return None
     code = language.strip().lower()
