@@ -10,11 +10,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import numpy as np
 
-T = TypeVar("T")
 _DONE = object()
 
 
@@ -40,12 +38,6 @@ class SynthesisQueue:
         self._lock = threading.Lock()
         self._accepted = 0
         self._recent_seconds = 2.0  # moving average of a job's duration, for Retry-After
-
-    @property
-    def pending(self) -> int:
-        """Jobs running or waiting now."""
-        with self._lock:
-            return self._accepted
 
     def _admit(self) -> None:
         with self._lock:
@@ -91,8 +83,9 @@ class SynthesisQueue:
 
         try:
             self._executor.submit(work)
-        except RuntimeError:  # shutting down
-            self._release(time.monotonic())
+        except RuntimeError:  # shutting down: the job never ran, so it does not count towards the average
+            with self._lock:
+                self._accepted -= 1
             raise QueueFull(5) from None
         try:
             while True:
