@@ -15,32 +15,18 @@ the official model does, the sound is noise. Voices alternate between requests.
 from __future__ import annotations
 
 import argparse
-import platform
-import socket
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from benchutil import device_name, free_port
+
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 TEXT = "The first sentence of this benchmark is spoken here, at some length, as one chunk. " * 3 + (
     "And a second chunk follows, long enough that the server must stream it after the first one. " * 2
 )
-
-
-def device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main() -> None:

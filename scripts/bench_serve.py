@@ -37,7 +37,6 @@ import argparse
 import concurrent.futures
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ from pathlib import Path
 import httpx
 import psutil
 import soundfile
-from benchutil import device_name, percentile
+from benchutil import device_name, free_port, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH = ROOT / "tests" / "data" / "speech"
@@ -102,12 +101,6 @@ def distinct_clips(directory: Path, count: int, seconds: float) -> list[Path]:
         soundfile.write(str(path), audio[start : start + length] * (0.9 - 0.005 * n), rate)
         clips.append(path)
     return clips
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def voicedb_process(args: list[str], env: dict[str, str], timeout: float) -> tuple[float, subprocess.CompletedProcess]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -48,3 +49,10 @@ def device_name(device: str) -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
         model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
     return f"{model} ({os.cpu_count()} cores)"
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a server a benchmark starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
