@@ -21,6 +21,7 @@ from .context import CLIPS_DIR, CONDS_DIR, LibraryContext
 from .enroll import Enrollment
 from .errors import VoiceDBError
 from .files import leftover_temp_files, sha256_file
+from .index import misfit
 from .matching import mean_embedding
 from .records import Problem
 
@@ -154,9 +155,12 @@ class Checker:
             index = files.load(generation)
             pks, vectors = self.ctx.store.all_vectors(session)
         if index is not None:
-            if index_matches(index, pks, vectors):
+            if not index_matches(index, pks, vectors):
+                reason = "holds other voices or vectors than the database"
+            elif (wrong_kind := misfit(index, self.ctx.index.exact_max)) is None:
                 return
-            reason = "holds other voices or vectors than the database"
+            else:
+                reason = wrong_kind
         elif not files.index_path.exists():
             reason = "is missing"
         else:

@@ -1,15 +1,19 @@
 """The FAISS index: derived data, rebuilt from SQLite whenever it is missing, stale or unreadable.
 
 ``index.faiss`` holds an inner-product index over L2-normalised 256-d float32 vectors (so scores are
-cosine similarities) whose FAISS ids are the voices' integer primary keys. ``index.json`` beside it
-records the library generation the index was built at; SQLite bumps that counter in the same
-transaction as every change to a voice vector, so a mismatch means "stale: rebuild".
+cosine similarities) whose FAISS ids are the voices' integer primary keys. Its kind follows the
+library's size: exact (``IndexIDMap2(IndexFlatIP)``) up to ``config.index_exact_max()`` voices, IVF-Flat
+above, whose lists keep the full vectors, so each candidate it visits gets its exact cosine and only
+a voice in a list it does not visit can be missed. ``index.json`` beside it records the library
+generation the index was built at (SQLite bumps that counter in the same transaction as every change
+to a voice vector, so a mismatch means "stale: rebuild"), its size and its kind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import config
 from .faults import crash_point
 from .files import atomic_path, atomic_write_bytes
 from .store import EMBEDDING_DIM
@@ -31,15 +36,84 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 STAMP_FILE = "index.json"
 
+FLAT = "flat"
+IVF = "ivf"
 
-def new_index(pks: np.ndarray, vectors: np.ndarray) -> Any:
-    """An exact inner-product index (``IndexIDMap2(IndexFlatIP)``) over ``vectors`` with ids ``pks``."""
+#: k-means wants this many training vectors per IVF list (FAISS warns on stderr below 39).
+TRAINING_PER_LIST = 40
+#: Ten k-means rounds instead of FAISS's 25: the same recall at a million voices, 2.5x less training.
+TRAINING_ROUNDS = 10
+
+
+def kind_for(count: int, exact_max: int) -> str:
+    """The index kind a library of ``count`` voices should have."""
+    return FLAT if count <= exact_max else IVF
+
+
+def kind_of(index: Any) -> str:
     import faiss
 
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(EMBEDDING_DIM))
+    return IVF if isinstance(index, faiss.IndexIVF) else FLAT
+
+
+def ivf_lists(count: int) -> int:
+    """2 sqrt(N) lists: at a million voices, training and filling take 17 s (4 sqrt(N): 58 s) and a query
+    scans about 5% of the vectors; never so many that a list gets fewer than ``TRAINING_PER_LIST``."""
+    return max(1, min(round(2 * math.sqrt(count)), count // TRAINING_PER_LIST))
+
+
+def ivf_probes(lists: int) -> int:
+    """Lists visited per query: 2 sqrt(lists) kept recall@1 >= 0.99 against exact search on clustered
+    voices from 100k to 1M (``scripts/bench_match.py``)."""
+    return min(lists, math.ceil(2 * math.sqrt(lists)))
+
+
+def misfit(index: Any, exact_max: int) -> str | None:
+    """Why ``index`` is not the kind its size calls for, or ``None`` when it is. An IVF index has
+    outgrown its training once the size calls for twice its lists (four times the voices)."""
+    count, kind = index.ntotal, kind_of(index)
+    wanted = kind_for(count, exact_max)
+    if kind != wanted:
+        return f"is {kind} but {count} voices call for {wanted} (exact up to {exact_max})"
+    if kind == IVF and 2 * index.nlist < ivf_lists(count):
+        return f"was trained with {index.nlist} lists but {count} voices call for {ivf_lists(count)}"
+    return None
+
+
+def new_index(pks: np.ndarray, vectors: np.ndarray, exact_max: int | None = None) -> Any:
+    """The index of the kind ``len(pks)`` calls for, over ``vectors`` with ids ``pks``; IVF is trained
+    on these vectors. ``exact_max`` defaults to the configured switch size."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = pks.astype(np.int64)
+    if exact_max is None:
+        exact_max = config.index_exact_max()
+    if kind_for(len(pks), exact_max) == FLAT:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(EMBEDDING_DIM))
+    else:
+        lists = ivf_lists(len(pks))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(EMBEDDING_DIM), EMBEDDING_DIM, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = TRAINING_ROUNDS
+        sample = np.random.default_rng(0).choice(len(pks), min(len(pks), lists * TRAINING_PER_LIST), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # removal and reconstruction by id
+        index.nprobe = ivf_probes(lists)
     if len(pks):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), pks.astype(np.int64))
+        index.add_with_ids(vectors, ids)
     return index
+
+
+def update(index: Any, add: Iterable[tuple[int, np.ndarray]], remove: Iterable[int]) -> None:
+    """Remove voices ``remove`` and put ``add``'s vectors in place: a voice already indexed (or named twice)
+    keeps only its last vector. One call each for removing and adding, however many voices change."""
+    latest = dict(add)
+    added = np.fromiter(latest, dtype=np.int64, count=len(latest))
+    gone = np.concatenate([np.fromiter(remove, dtype=np.int64), added])
+    if len(gone):
+        index.remove_ids(gone)
+    if len(added):
+        index.add_with_ids(np.stack([np.asarray(v, dtype=np.float32) for v in latest.values()]), added)
 
 
 @dataclass
@@ -61,11 +135,16 @@ class IndexFiles:
 
         return os.access(self.home, os.W_OK)
 
-    def stamp(self) -> dict[str, int] | None:
+    def stamp(self) -> dict[str, Any] | None:
+        """Generation, count and kind of the saved index (stamps from before kinds existed are flat)."""
         try:
             stamp = json.loads(self.stamp_path.read_text())
-            return {"generation": int(stamp["generation"]), "count": int(stamp["count"])}
-        except (OSError, ValueError, KeyError, TypeError):
+            return {
+                "generation": int(stamp["generation"]),
+                "count": int(stamp["count"]),
+                "kind": str(stamp.get("kind", FLAT)),
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def load(self, generation: int) -> Any | None:
@@ -79,8 +158,10 @@ class IndexFiles:
             index = faiss.read_index(str(self.index_path))
         except (RuntimeError, OSError, ValueError):
             return None
-        if index.ntotal != stamp["count"] or index.d != EMBEDDING_DIM:
+        if index.ntotal != stamp["count"] or index.d != EMBEDDING_DIM or kind_of(index) != stamp["kind"]:
             return None
+        if kind_of(index) == IVF:
+            index.nprobe = ivf_probes(index.nlist)  # this code's setting, not the one saved with the file
         return index
 
     def save(self, index: Any, generation: int) -> None:
@@ -90,7 +171,8 @@ class IndexFiles:
         with atomic_path(self.index_path) as temp:
             faiss.write_index(index, str(temp))
         crash_point("index:written")
-        atomic_write_bytes(self.stamp_path, json.dumps({"generation": generation, "count": index.ntotal}).encode())
+        stamp = {"generation": generation, "count": index.ntotal, "kind": kind_of(index)}
+        atomic_write_bytes(self.stamp_path, json.dumps(stamp).encode())
 
 
 def search(index: Any, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -105,13 +187,16 @@ class VoiceIndex:
     """The library's index as this process sees it: loaded once, reused while the generation holds,
     reloaded or rebuilt from the store when another writer moved it on.
 
-    One lock guards the loaded index, so searches never see it half-updated.
+    One lock guards the loaded index, so searches never see it half-updated. Its kind is chosen when
+    it is built from the store: a change that takes the library across ``exact_max`` voices, either
+    way, or past what an IVF index was trained for, rebuilds it.
     """
 
     def __init__(self, files: IndexFiles, store: Store, writer: WriterLock) -> None:
         self.files = files
         self.store = store
         self.writer = writer
+        self.exact_max = config.index_exact_max()
         self._lock = threading.Lock()
         self._index: Any = None
         self._generation = -1
@@ -124,7 +209,7 @@ class VoiceIndex:
                 return self._index
             index = None if rebuild else self.files.load(generation)
             if index is None:
-                index = new_index(*self.store.all_vectors(session))
+                index = new_index(*self.store.all_vectors(session), self.exact_max)
                 self._save_if_possible(index, generation)
         self._index, self._generation = index, generation
         return index
@@ -163,16 +248,13 @@ class VoiceIndex:
             index = self._index
         else:
             index = self.files.load(generation - 1)
-        if index is None:  # stale or missing: rebuild from the truth
+        if index is not None:
+            update(index, add, remove)
+            if misfit(index, self.exact_max):
+                index = None
+        if index is None:  # stale, missing, or no longer the kind its size calls for: rebuild from the truth
             with self.store.session() as session:
-                index = new_index(*self.store.all_vectors(session))
-        else:
-            removed = np.fromiter(remove, dtype=np.int64)
-            if len(removed):
-                index.remove_ids(removed)
-            for pk, vector in add:
-                index.remove_ids(np.array([pk], dtype=np.int64))
-                index.add_with_ids(np.asarray(vector, dtype=np.float32).reshape(1, -1), np.array([pk], dtype=np.int64))
+                index = new_index(*self.store.all_vectors(session), self.exact_max)
         self._index, self._generation = index, generation
         self.files.save(index, generation)
 
@@ -180,6 +262,6 @@ class VoiceIndex:
         """Rebuild from the store and save (caller holds the writer lock): ``check --repair``."""
         with self._lock, self.store.session() as session:
             generation = self.store.generation(session)
-            index = new_index(*self.store.all_vectors(session))
+            index = new_index(*self.store.all_vectors(session), self.exact_max)
             self.files.save(index, generation)
             self._index, self._generation = index, generation
