@@ -176,10 +176,21 @@ class IndexFiles:
 
 
 def search(index: Any, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """(primary key, cosine score) of the ``k`` nearest voices, best first."""
+    """(primary key, cosine score) of the ``k`` nearest voices, best first.
+
+    One query runs on one OpenMP thread (a per-thread setting, restored after): threads gain it nothing,
+    and on a busy 2-core machine their barrier turned a 0.14 ms exact search of 10,000 voices into 12 ms.
+    """
+    import faiss
+
     if index.ntotal == 0 or k <= 0:
         return []
-    scores, ids = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, index.ntotal))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        scores, ids = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, index.ntotal))
+    finally:
+        faiss.omp_set_num_threads(threads)
     return [(int(pk), float(score)) for pk, score in zip(ids[0], scores[0]) if pk != -1]
 
 
