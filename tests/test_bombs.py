@@ -1,16 +1,21 @@
-"""Decompression bombs: files that would cost far more than they look are refused before they are read."""
+"""Hostile inputs: files that would cost far more than they look are refused before they are read, and
+audio is read only as far as it is analysed, whatever its header claims."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import soundfile
+from conftest import ROOT, SPEECH_DIR, run_fails
 
 GIB = 1 << 30
 PEAK_LIMIT_KB = 1 << 20  # 1 GB
@@ -86,3 +91,85 @@ def test_a_bomb_uploaded_to_the_server_is_refused_and_the_server_stays_healthy(s
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
         assert db.list() == []
     assert grown < 256 << 20
+
+
+# -- audio headers -----------------------------------------------------------------------------------
+
+
+def wav_claiming(path: Path, rate: int, channels: int, claimed_bytes: int, payload: bytes, bits: int = 16) -> Path:
+    """A PCM WAV whose header says ``rate``, ``channels`` and ``claimed_bytes`` of samples, followed by
+    ``payload`` whatever it says."""
+    block = channels * bits // 8
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, bits)
+    header = (
+        b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", claimed_bytes)
+    )
+    path.write_bytes(header + payload)
+    return path
+
+
+def speech_pcm16(channels: int = 1) -> bytes:
+    samples, _ = soundfile.read(SPEECH_DIR / "arctic_awb_1.flac", dtype="int16")
+    return np.repeat(samples[:, None], channels, axis=1).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "refusal"),
+    [(768_000, 1, "a sample rate of 768000 Hz is outside"), (16_000, 300, "300 channels; voicedb reads at most 64")],
+)
+def test_audio_whose_header_no_recording_has_is_refused_in_one_line(
+    standin: Path, tmp_path: Path, rate: int, channels: int, refusal: str
+):
+    path = wav_claiming(tmp_path / "odd.wav", rate, channels, 1 << 20, bytes(1 << 20))
+    assert refusal in run_fails("add", str(path), "--no-conditionals")
+
+
+def test_a_header_claiming_billions_of_samples_costs_only_what_is_analysed(tmp_path: Path):
+    """4 GiB of samples announced over 64 channels, 4 s present: read as announced (the 5 minutes
+    analysed), that claim cost 1.2 GB before the reader went by blocks."""
+    path = wav_claiming(tmp_path / "claims.wav", 16_000, 64, 0xFFFFFFF0, speech_pcm16(64))
+    probe = (
+        "import resource, sys\n"
+        "from voicedb.audio import load_clip\n"
+        "clip = load_clip(sys.argv[1])\n"
+        "print(clip.wav_24k.shape[0] / 24000, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seconds, peak_kb = done.stdout.split()
+    present = soundfile.info(SPEECH_DIR / "arctic_awb_1.flac").duration
+    assert abs(float(seconds) - present) < 0.01 and int(peak_kb) < 512 << 10, done.stdout
+
+
+def test_aac_in_mp4_is_read_through_ffmpeg(standin: Path, tmp_path: Path):
+    import av
+
+    samples, rate = soundfile.read(SPEECH_DIR / "arctic_awb_1.flac", dtype="int16")
+    path = tmp_path / "phone-memo.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            container.mux(packet)
+    from conftest import run
+
+    added = run("add", str(path), "--no-conditionals", "--json")
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["name"] == "phone-memo"
+
+
+# -- fuzzing -------------------------------------------------------------------------------------------
+
+
+def test_a_short_seeded_fuzzing_run_ends_every_input_cleanly(checkpoint: Path):
+    script = ROOT / "scripts" / "fuzz_inputs.py"
+    command = [sys.executable, str(script), "--examples", "25", "--seed", "1", "--checkpoint", str(checkpoint)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[1:] if line[:1].isalpha()}
+    assert {"audio", "pt", "bundle", "npz", "server"} <= set(rows), done.stdout
+    for target in ("audio", "pt", "bundle", "npz", "server"):
+        tried, _accepted, _refused, unclean = (int(n) for n in rows[target][:4])
+        assert tried == 25 and unclean == 0, done.stdout

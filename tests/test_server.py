@@ -508,3 +508,73 @@ def test_voicedb_serve_preloads_and_finishes_requests_in_flight_on_sigterm(
             process.kill()
         output = process.stdout.read() if process.stdout else ""
     assert "Traceback" not in output
+
+
+# -- under abuse ------------------------------------------------------------------------------------------
+
+
+def test_a_body_that_arrives_too_slowly_is_408(library: VoiceDB):
+    def trickle():
+        yield b'--cut\r\nContent-Disposition: form-data; name="file"; filename="slow.wav"\r\n\r\n'
+        for _ in range(8):
+            time.sleep(0.3)
+            yield b"\0" * 100
+
+    with running(library, timeout=1.0) as url:
+        multipart = {"Content-Type": "multipart/form-data; boundary=cut"}
+        response = httpx.post(f"{url}/v1/match", content=trickle(), headers=multipart, timeout=30)
+        assert response.status_code == 408 and fmt_error(response)["code"] == "request_timeout"
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_a_job_past_the_time_limit_is_504_and_the_server_stays_healthy(
+    library: VoiceDB, speakers, monkeypatch: pytest.MonkeyPatch
+):
+    def slow_match(self, *_args, **_kwargs):
+        time.sleep(3)
+        return []
+
+    monkeypatch.setattr(VoiceDB, "match", slow_match)
+    clip = next(iter(speakers.values()))[0]
+    with running(library, timeout=1.0) as url:
+        started = time.monotonic()
+        response = httpx.post(f"{url}/v1/match", files={"file": (clip.name, clip.read_bytes())}, timeout=30)
+        assert response.status_code == 504 and fmt_error(response)["code"] == "timeout"
+        assert time.monotonic() - started < 2.5  # answered at the limit, not when the job ended
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_uploads_and_matches_cannot_starve_synthesis(library: VoiceDB, speakers, monkeypatch: pytest.MonkeyPatch):
+    release = threading.Event()
+
+    def stuck_match(self, *_args, **_kwargs):
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(VoiceDB, "match", stuck_match)
+    clip = next(iter(speakers.values()))[0]
+    upload = {"file": (clip.name, clip.read_bytes())}
+    with running(library, upload_workers=1, max_waiting=0) as url, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, f"{url}/v1/match", files=upload, timeout=60)
+        time.sleep(0.5)  # the one upload worker is now busy
+        turned_away = httpx.post(f"{url}/v1/match", files=upload, timeout=30)
+        assert turned_away.status_code == 503 and "upload queue" in fmt_error(turned_away)["message"]
+        body = {"model": "tts-1", "voice": library.list()[0].id, "input": "Still speaking.", "response_format": "pcm"}
+        spoken = httpx.post(f"{url}/v1/audio/speech", json=body, timeout=120)
+        assert spoken.status_code == 200 and len(spoken.content) > 0
+        release.set()
+        assert first.result().status_code == 200
+
+
+def test_browsers_may_call_only_from_configured_origins(library: VoiceDB):
+    origin = {"Origin": "https://app.example"}
+    preflight = {**origin, "Access-Control-Request-Method": "POST"}
+    with running(library) as url:
+        assert "access-control-allow-origin" not in httpx.get(f"{url}/v1/voices", headers=origin).headers
+        assert "access-control-allow-origin" not in httpx.options(f"{url}/v1/voices", headers=preflight).headers
+    with running(library, cors_origins=("https://app.example",)) as url:
+        allowed = httpx.get(f"{url}/v1/voices", headers=origin)
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert httpx.options(f"{url}/v1/voices", headers=preflight).status_code == 200
+        other = httpx.get(f"{url}/v1/voices", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

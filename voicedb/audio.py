@@ -6,10 +6,10 @@ import hashlib
 import io
 import os
 import shutil
-import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,14 +25,14 @@ SPEECH_TOP_DB = 40  # frames within 40 dB of the loudest count as speech
 CLIPPED_LEVEL = 0.999
 CLIPPED_FRACTION = 0.001
 LOW_SAMPLE_RATE = 16_000
+#: Sample rates and channel counts a recording can have; a header outside them is refused unread.
+SAMPLE_RATES = (1_000, 192_000)
+MAX_CHANNELS = 64
+READ_BLOCK_FRAMES = 1 << 15
 
 
 #: What every audio argument accepts: a file path, the file's bytes, or (samples, sample rate).
 AudioInput = str | os.PathLike | bytes | tuple[np.ndarray, int]
-
-# librosa warns on every MP3 it hands to audioread; these filters name librosa only.
-warnings.filterwarnings("ignore", category=UserWarning, module=r"librosa")
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"librosa")
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ class AudioSource:
 
         try:
             kind = soundfile.info(io.BytesIO(self.data)).format
-        except Exception:  # noqa: BLE001 - not decodable: _decode will say so
-            return ".bin"
-        return {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}.get(kind, ".wav")
+        except Exception:  # noqa: BLE001 - not libsndfile's: FFmpeg may know the container
+            return _ffmpeg_suffix(self.data)
+        return {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3", "AIFF": ".aiff"}.get(kind, ".wav")
 
     def sha256(self) -> str:
         if self.path is not None:
@@ -66,6 +66,18 @@ class AudioSource:
             shutil.copyfile(self.path, target)
         else:
             target.write_bytes(self.data)
+
+
+def _ffmpeg_suffix(data: bytes) -> str:
+    """An extension for bytes only FFmpeg reads (``.m4a`` for MP4 audio), ``.bin`` when nothing does."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            formats = container.format.name.split(",")
+    except Exception:  # noqa: BLE001 - not audio: _decode will say so
+        return ".bin"
+    return ".m4a" if "mp4" in formats else f".{formats[0]}"
 
 
 def audio_source(audio: AudioInput, name: str | None = None) -> AudioSource:
@@ -120,9 +132,7 @@ class LoadedClip:
 
 
 def to_16k(wav_24k: np.ndarray) -> np.ndarray:
-    import librosa
-
-    return librosa.resample(wav_24k, orig_sr=LOAD_SR, target_sr=EMBED_SR)
+    return resample(wav_24k, LOAD_SR, EMBED_SR)
 
 
 def expand_audio_paths(paths: Iterable[Path]) -> list[Path]:
@@ -143,31 +153,120 @@ def expand_audio_paths(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _opened(source: AudioSource) -> BinaryIO:
+    """The clip's bytes as a file object; a path is opened here so that permissions fail in one place."""
+    if source.path is None:
+        return io.BytesIO(source.data)
+    try:
+        return open(source.path, "rb")  # noqa: SIM115 - closed by the caller's ``with``
+    except PermissionError:
+        raise AudioError(f"{source.name}: permission denied.") from None
+
+
+def _check_layout(name: str, sample_rate: int, channels: int) -> None:
+    """Refuse what no recording has before reading a sample: a header can claim anything."""
+    low, high = SAMPLE_RATES
+    if not low <= sample_rate <= high:
+        raise NotAudio(f"{name}: a sample rate of {sample_rate} Hz is outside the {low}–{high} Hz voicedb reads.")
+    if channels < 1:
+        raise NotAudio(f"{name}: holds no audio channels.")
+    if channels > MAX_CHANNELS:
+        raise NotAudio(f"{name}: {channels} channels; voicedb reads at most {MAX_CHANNELS}.")
+
+
+def _mono_prefix(blocks: Iterable[np.ndarray], sample_rate: int) -> np.ndarray:
+    """Channel means of (channels, frames) blocks, stopping after ``MAX_ANALYSED_SECONDS``, so that memory
+    follows the samples actually decoded and the analysed span, never what a header claims."""
+    wanted = int(MAX_ANALYSED_SECONDS * sample_rate)
+    kept: list[np.ndarray] = []
+    have = 0
+    for block in blocks:
+        mono = block.mean(axis=0, dtype=np.float32) if block.shape[0] > 1 else block[0]
+        kept.append(mono[: wanted - have])
+        have += len(kept[-1])
+        if have >= wanted:
+            break
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
+
+
+def _decode_with_libsndfile(name: str, handle: BinaryIO) -> tuple[np.ndarray, int, float]:
+    import soundfile
+
+    with soundfile.SoundFile(handle) as audio:
+        _check_layout(name, audio.samplerate, audio.channels)
+        frames = int(MAX_ANALYSED_SECONDS * audio.samplerate)
+        blocks = audio.blocks(READ_BLOCK_FRAMES, frames=frames, dtype="float32", always_2d=True)
+        mono = _mono_prefix((block.T for block in blocks), audio.samplerate)
+        return mono, audio.samplerate, audio.frames / audio.samplerate
+
+
+def _decode_with_ffmpeg(name: str, handle: BinaryIO) -> tuple[np.ndarray, int, float]:
+    """What libsndfile cannot read (AAC in M4A, WMA, ...), through PyAV's bundled FFmpeg."""
+    import av
+
+    with av.open(handle, metadata_errors="ignore") as container:
+        if not container.streams.audio:
+            raise NotAudio(f"{name}: holds no audio stream.")
+        stream = container.streams.audio[0]
+        sample_rate, channels = int(stream.codec_context.sample_rate), int(stream.codec_context.channels)
+        _check_layout(name, sample_rate, channels)
+        seconds = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+        as_float = av.AudioResampler(format="fltp")  # planar float, rate and layout kept
+
+        def blocks() -> Iterator[np.ndarray]:
+            for frame in container.decode(stream):
+                for converted in as_float.resample(frame):
+                    yield converted.to_ndarray()
+
+        return _mono_prefix(blocks(), sample_rate), sample_rate, seconds
+
+
+def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """librosa's default resampling (soxr HQ, length ``ceil(n * to / from)``) without importing librosa,
+    so that the samples are exactly what upstream's ``librosa.load(..., sr=...)`` gives."""
+    if from_rate == to_rate:
+        return wav
+    import soxr
+
+    length = int(np.ceil(len(wav) * to_rate / from_rate))
+    out = soxr.resample(wav, from_rate, to_rate, quality="soxr_hq")
+    if len(out) < length:
+        out = np.pad(out, (0, length - len(out)))
+    return np.ascontiguousarray(out[:length], dtype=np.float32)
+
+
 def _decode(source: AudioSource) -> tuple[np.ndarray, int, float]:
-    """(mono float32 at 24 kHz, original sample rate, full duration in seconds)."""
-    import librosa
+    """(mono float32 at 24 kHz, original sample rate, full duration in seconds as the file claims it).
+
+    libsndfile reads WAV, FLAC, Ogg and AIFF; MP3 and anything else goes to FFmpeg. Either way the
+    file is read in blocks up to ``MAX_ANALYSED_SECONDS``, whatever its header announces.
+    """
     import soundfile
 
     name = source.name
-    try:
-        if source.path is not None:
-            target = str(source.path)
-            original_sr = int(librosa.get_samplerate(target))
-            duration = float(librosa.get_duration(path=target))
-            wav, _ = librosa.load(target, sr=LOAD_SR, mono=True, duration=MAX_ANALYSED_SECONDS)
-        else:
-            info = soundfile.info(io.BytesIO(source.data))
-            original_sr, duration = int(info.samplerate), float(info.duration)
-            wav, _ = librosa.load(io.BytesIO(source.data), sr=LOAD_SR, mono=True, duration=MAX_ANALYSED_SECONDS)
-    except PermissionError:
-        raise AudioError(f"{name}: permission denied.") from None
-    except librosa.util.exceptions.ParameterError as exc:
-        if "finite" in str(exc):
-            raise AudioError(f"{name}: holds invalid samples (NaN or infinity).") from None
-        raise NotAudio(f"{name}: not a readable audio file (unknown format or damaged).") from exc
-    except Exception as exc:  # noqa: BLE001 - soundfile and audioread raise many types for "not audio"
-        raise NotAudio(f"{name}: not a readable audio file (unknown format or damaged).") from exc
-    return np.asarray(wav, dtype=np.float32), original_sr, duration
+    with _opened(source) as handle:
+        try:
+            if _looks_like_mp3(handle.read(3)):
+                handle.seek(0)
+                wav, sample_rate, seconds = _decode_with_ffmpeg(name, handle)
+            else:
+                handle.seek(0)
+                try:
+                    wav, sample_rate, seconds = _decode_with_libsndfile(name, handle)
+                except soundfile.LibsndfileError:
+                    handle.seek(0)
+                    wav, sample_rate, seconds = _decode_with_ffmpeg(name, handle)
+        except AudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - both decoders raise many types for "not audio" or damage
+            raise NotAudio(f"{name}: not a readable audio file (unknown format or damaged).") from exc
+    return resample(wav, sample_rate, LOAD_SR), sample_rate, seconds
+
+
+def _looks_like_mp3(head: bytes) -> bool:
+    """An ID3 tag or an MPEG frame sync. FFmpeg decodes MP3 as libsndfile does (to within 2e-6) but
+    quietly, where libsndfile's mpg123 prints its complaints about damaged frames to the terminal."""
+    return head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
 def speech_seconds(wav: np.ndarray, sr: int) -> float:

@@ -579,6 +579,20 @@ def default_output_name(voice_name: str) -> Path:
     show_default=True,
     help="Speech requests that may wait for the synthesiser; more are answered 503 with Retry-After.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds a request body may take to arrive (else 408), and a job to wait and run (else 504).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="URL",
+    help="Let web pages from this origin call the API (repeat for several; default: none may).",
+)
 @click.option("--preload", is_flag=True, help="Load the models before accepting requests (default: on first use).")
 @click.pass_context
 def serve(
@@ -591,6 +605,8 @@ def serve(
     default_voice: str | None,
     max_upload_mb: float,
     max_waiting: int,
+    timeout: float,
+    cors_origins: tuple[str, ...],
     preload: bool,
 ) -> None:
     """Serve the library over HTTP, with OpenAI's speech API.
@@ -618,6 +634,8 @@ def serve(
         default_voice=default_voice,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_waiting=max_waiting,
+        timeout=timeout,
+        cors_origins=cors_origins,
         preload=preload,
     )
     run_server(db, settings, host=host, port=port)

@@ -1,8 +1,9 @@
 """The HTTP API: OpenAI's speech endpoints, the voice library, and matching, over one shared ``VoiceDB``.
 
 Every request reads the library afresh, so voices added, renamed or removed by the CLI while the
-server runs are seen by the next request. Model work runs off the event loop: synthesis on the
-bounded ``SynthesisQueue``, enrollment and matching on Starlette's thread pool.
+server runs are seen by the next request. Model work runs off the event loop, on bounded queues
+of its own: synthesis on one, uploads (enrollment, imports) and matches on another, so neither can
+starve the other.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import re
 import tempfile
 import time
@@ -21,6 +23,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,7 +34,7 @@ from ..flavours import FLAVOURS, SynthesisSettings
 from ..library import VoiceDB
 from . import errors
 from .encoding import FORMATS, SAMPLE_RATE, StreamEncoder, change_speed
-from .jobs import SynthesisQueue
+from .jobs import JobTimeout, WorkQueue
 from .limits import BodyLimit, require_api_key
 
 #: OpenAI's built-in voice names: they speak with the server's default voice, when one is set.
@@ -42,6 +45,8 @@ OPENAI_VOICES = frozenset(
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT_CHARS = 4096
 SPEECH_TOKENS_PER_SECOND = 25
+
+log = logging.getLogger("voicedb.server")
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,10 @@ class ServerSettings:
     default_voice: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024
     workers: int = 1
+    upload_workers: int = 2
     max_waiting: int = 16
+    timeout: float = 600.0
+    cors_origins: tuple[str, ...] = ()
     preload: bool = False
 
 
@@ -93,21 +101,30 @@ class VoicePatch(BaseModel):
 def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving ``db``; uvicorn runs it (see ``serve``)."""
     settings = settings or ServerSettings()
-    queue = SynthesisQueue(workers=settings.workers, max_waiting=settings.max_waiting)
+    queue = WorkQueue("synthesis", settings.workers, settings.max_waiting, settings.timeout)
+    uploads = WorkQueue("upload", settings.upload_workers, settings.max_waiting, settings.timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.preload:
             await run_in_threadpool(db.engine.load_for_synthesis, FLAVOURS[settings.model])
         yield
-        await run_in_threadpool(queue.shutdown)  # finish what was accepted
+        for accepted in (queue, uploads):  # finish what was accepted
+            await run_in_threadpool(accepted.shutdown)
 
     app = FastAPI(
         title="voicedb",
         summary="A Chatterbox voice library, with OpenAI's speech API.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, timeout=settings.timeout)
+    if settings.cors_origins:  # browsers may call the API only from origins the operator named
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     errors.install(app)
     authorised = [Depends(require_api_key(settings.api_key))]
 
@@ -156,7 +173,11 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
                 piece: np.ndarray | None = first
                 while piece is not None:
                     yield await run_in_threadpool(encode, piece)
-                    piece = await anext(pieces, None)
+                    try:
+                        piece = await anext(pieces, None)
+                    except JobTimeout as exc:  # the status is sent: end the audio where it got to
+                        log.warning("speech cut short: %s", exc)
+                        piece = None
                 yield await run_in_threadpool(encoder.finish)
             finally:
                 await pieces.aclose()
@@ -217,7 +238,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         ]
         tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
         name = name or Path(sources[0].name).stem  # as the CLI names a voice after its first file
-        result = await run_in_threadpool(
+        result = await uploads.run(
             lambda: db.add(sources, name=name, tags=tag_list, language=language, model=settings.model)
         )
         return result.to_dict()
@@ -275,7 +296,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
                 default_name = path.stem if path.suffix.lower() == ".pt" else None
                 return db.import_file(path, name=name or default_name, model=settings.model).to_dict()
 
-        return await run_in_threadpool(import_upload)
+        return await uploads.run(import_upload)
 
     # -- matching ----------------------------------------------------------------------------------
     @app.post("/v1/match", tags=["matching"], dependencies=authorised)
@@ -289,7 +310,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         source = AudioSource(file.filename or "upload", data=await file.read())
         limit = config.DEFAULT_THRESHOLD if threshold is None else threshold
         try:
-            nearest = await run_in_threadpool(lambda: db.match(source, k=k, threshold=None))
+            nearest = await uploads.run(lambda: db.match(source, k=k, threshold=None))
         except NoMatch:  # an empty library
             nearest = []
         passed = [m for m in nearest if m.score >= limit]

@@ -25,7 +25,7 @@ from ..errors import (
     VoiceDBError,
     VoiceNotFound,
 )
-from .jobs import QueueFull
+from .jobs import JobTimeout, QueueFull
 
 log = logging.getLogger("voicedb.server")
 
@@ -87,6 +87,10 @@ def install(app: FastAPI) -> None:
     async def queue_full(_request: Request, exc: QueueFull) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)}
         return error_response(503, str(exc), "server_error", "queue_full", headers)
+
+    @app.exception_handler(JobTimeout)
+    async def job_timeout(_request: Request, exc: JobTimeout) -> JSONResponse:
+        return error_response(504, str(exc), "server_error", "timeout")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
