@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -112,6 +113,13 @@ def multi_clip_speakers(speakers: dict[str, list[Path]]) -> dict[str, list[Path]
 def run(*args: str, input: str | None = None) -> Result:
     """Invoke the CLI in-process, as a user would type ``voicedb ARGS``."""
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def list_json(*args: str) -> list[dict]:
+    """``voicedb list --json ARGS``: one JSON object per voice, a line each."""
+    result = run("list", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def run_fails(*args: str, code: int = 2) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run, run_fails
+from conftest import list_json, run, run_fails
 
 
 def add(clip: Path, name: str, *extra: str) -> str:
@@ -33,7 +33,7 @@ def test_missing_index_and_orphan_files_are_reported_then_repaired(home: Path, s
     assert repaired.exit_code == 0, repaired.output
     assert run("check").exit_code == 0
     assert not (home / "clips" / "deadbeef.wav").exists()
-    assert [v["name"] for v in json.loads(run("list", "--json").stdout)] == ["alice"]
+    assert [v["name"] for v in list_json()] == ["alice"]
 
 
 def test_a_missing_kept_clip_is_reported_and_the_voice_is_never_deleted(home: Path, speakers):
@@ -41,7 +41,7 @@ def test_a_missing_kept_clip_is_reported_and_the_voice_is_never_deleted(home: Pa
     next((home / "clips").iterdir()).unlink()
     result = run("check", "--repair")
     assert result.exit_code == 1 and "is missing" in result.stdout
-    assert [v["name"] for v in json.loads(run("list", "--json").stdout)] == ["alice"]
+    assert [v["name"] for v in list_json()] == ["alice"]
 
 
 def test_embeddings_from_another_encoder_are_refused_then_re_embedded_by_repair(

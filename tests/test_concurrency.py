@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import run
+from conftest import list_json, run
 
 from voicedb import VoiceDB
 
@@ -208,7 +208,7 @@ def test_two_cli_adds_of_the_same_clip_at_once_one_wins_the_other_says_already_e
         assert lines[0].startswith("Error: ") and "already enrolled in voice" in lines[0], err
         assert "Traceback" not in err
 
-    listed = json.loads(run("list", "--json").stdout)
+    listed = list_json()
     assert len(listed) == len(clips), listed
     assert sorted(v["name"][1:] for v in listed) == [str(n) for n in range(len(clips))]
     for voice in listed:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run, run_fails
+from conftest import list_json, run, run_fails
 
 from voicedb.config import DEFAULT_THRESHOLD
 
@@ -53,7 +53,7 @@ def test_match_json_shape_and_k(enrolled, multi_clip_speakers):
     hits = json.loads(run("match", str(query), "--all", "-k", "2", "--json").stdout)
     assert len(hits) == 2
     assert all(set(h) >= {"id", "name", "score"} for h in hits)
-    listed = json.loads(run("list", "--json").stdout)
+    listed = list_json()
     assert all(set(v) >= {"id", "name"} and "score" not in v for v in listed)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import library_digest, run, run_fails, voicedb_process
+from conftest import library_digest, list_json, run, run_fails, voicedb_process
 
 TOKENS = "8"
 
@@ -38,7 +38,7 @@ def show(ref: str) -> dict:
 
 
 def names() -> list[str]:
-    return [v["name"] for v in json.loads(run("list", "--json").stdout)]
+    return [v["name"] for v in list_json()]
 
 
 def assert_usage_error(*args: str) -> str:

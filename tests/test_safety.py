@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import library_digest, run, run_fails, voicedb_process
+from conftest import library_digest, list_json, run, run_fails, voicedb_process
 
 
 def voices(home: Path) -> list[dict]:
-    return json.loads(run("list", "--json").stdout)
+    return list_json()
 
 
 def assert_consistent_after_repair(home: Path) -> None:

@@ -273,6 +273,7 @@ def test_voice_and_model_listings_have_the_shapes_clients_read(server: str, libr
     assert "english" in [m.id for m in models.data]
     detailed = httpx.get(f"{server}/v1/voices").json()["voices"]
     assert {"id", "name", "tags", "clips", "seconds", "models", "language"} <= set(detailed[0])
+    assert httpx.get(f"{server}/v1/voices", params={"limit": 1, "offset": 1}).json()["voices"] == detailed[1:2]
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
     assert httpx.get(f"{server}/docs").status_code == 200
 

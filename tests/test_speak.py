@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import run, run_fails
+from conftest import list_json, run, run_fails
 
 TOKENS = "12"  # 12 speech tokens ~ 0.5 s of audio: quick on a CPU
 
@@ -310,7 +310,7 @@ def test_turbo_enrollment_warns_on_short_clips_and_strict_refuses(home: Path, sp
     long = next(c for group in speakers.values() for c in group if load_clip(c).duration_s > 6.0)
     turbo = ["--checkpoint", str(turbo_checkpoint), "add", "--model", "turbo"]
     assert "too short for this model" in run_fails(*turbo, str(short), "--name", "brief", "--strict")
-    assert run("list", "--json").stdout.strip() == "[]"
+    assert list_json() == []
     result = run(*turbo, str(short), "--name", "brief")
     assert result.exit_code == 0 and "too short for this model" in result.stderr
     result = run(*turbo, str(long), "--name", "long", "--json")

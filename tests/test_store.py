@@ -60,7 +60,7 @@ def test_a_library_created_at_0001_gets_the_language_column_when_opened(standin:
 
     from alembic import command
     from alembic.config import Config
-    from conftest import run
+    from conftest import list_json, run
 
     standin.mkdir(parents=True)
     old = Store(sqlite_url(standin / "voicedb.sqlite"))
@@ -78,7 +78,7 @@ def test_a_library_created_at_0001_gets_the_language_column_when_opened(standin:
         )
         assert "language" not in {row[1] for row in con.execute("PRAGMA table_info(voices)")}
 
-    listed = json.loads(run("list", "--json").stdout)
+    listed = list_json()
     assert [(v["id"], v["name"], v["language"]) for v in listed] == [("0123abcd", "olga", None)]
     with sqlite3.connect(standin / "voicedb.sqlite") as con:
         assert "language" in {row[1] for row in con.execute("PRAGMA table_info(voices)")}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import library_digest, run, run_fails
+from conftest import library_digest, list_json, run, run_fails
 
 
 def add(*args: str) -> dict:
@@ -36,7 +36,7 @@ def test_several_clips_make_one_voice_and_tags_are_kept(standin: Path, multi_cli
     voice = add(*map(str, clips[:2]), "--name", "bob", "--tag", "narrator", "--tag", "en")
     assert voice["clips"] == 2 and voice["created"] is True
     assert sorted(voice["tags"]) == ["en", "narrator"]
-    listed = json.loads(run("list", "--json").stdout)
+    listed = list_json()
     assert [(v["id"], v["name"]) for v in listed] == [(voice["id"], "bob")]
 
 
@@ -99,14 +99,14 @@ def test_rm_removes_row_index_entry_and_files(standin: Path, speakers):
     gone = add(str(b), "--name", "gone")
     result = run("rm", "gone")
     assert result.exit_code == 0 and gone["id"] in result.stdout
-    assert [v["name"] for v in json.loads(run("list", "--json").stdout)] == ["keep"]
+    assert [v["name"] for v in list_json()] == ["keep"]
     assert len(list((standin / "clips").iterdir())) == 1
     hits = json.loads(run("match", str(b), "--all", "--json").stdout)
     assert [h["id"] for h in hits] == [keep["id"]]
 
 
 def test_list_is_empty_on_a_new_library(standin: Path):
-    assert json.loads(run("list", "--json").stdout) == []
+    assert list_json() == []
 
 
 # -- a voice's language ------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_add_language_is_stored_lowercase_and_listed_and_shown(standin: Path, sp
     clip = next(iter(speakers.values()))[0]
     voice = add(str(clip), "--name", "gisele", "--language", "FR")
     assert voice["language"] == "fr"
-    assert [v["language"] for v in json.loads(run("list", "--json").stdout)] == ["fr"]
+    assert [v["language"] for v in list_json()] == ["fr"]
     assert json.loads(run("show", "gisele", "--json").stdout)["language"] == "fr"
     assert "language:   fr\n" in run("show", "gisele").stdout
     other = add(str(list(speakers.values())[1][0]), "--name", "hugo")
@@ -131,7 +131,7 @@ def test_an_unknown_language_is_refused_before_anything_is_stored(standin: Path,
     error = run_fails("add", str(clip), "--name", "ivan", "--language", "klingon", "--no-conditionals")
     assert "unknown language 'klingon'" in error and " fr, " in error and " ja, " in error
     assert library_digest(standin) == before
-    assert json.loads(run("list", "--json").stdout) == []
+    assert list_json() == []
 
 
 def test_adding_clips_with_a_language_updates_the_voice(standin: Path, multi_clip_speakers):

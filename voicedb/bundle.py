@@ -12,6 +12,7 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,17 +82,23 @@ def write_bundle(path: Path, voice: dict[str, Any], members: dict[str, bytes]) -
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def refuse_bombs(archive: zipfile.ZipFile, source: str, max_bytes: int) -> None:
+def refuse_bombs(
+    archive: zipfile.ZipFile, source: str, max_bytes: int, ratio_checked: Container[str] | None = None
+) -> None:
     """Refuse, from the zip's directory alone, an archive that would cost far more than it looks:
     more than ``max_bytes`` uncompressed in all, or a member that expands suspiciously.
 
     The sizes in the directory are what ``zipfile`` will read at most, so they bound the real cost.
+    ``ratio_checked`` names the members whose expansion is judged (default: all); the caller bounds
+    the others' size some other way (an embeddings file's names, by the number of vectors).
     """
     total = 0
     for info in archive.infolist():
         total += info.file_size
         if total > max_bytes:
             raise ImportRejected(f"{source}: over {max_bytes >> 20} MB uncompressed; refusing it.")
+        if ratio_checked is not None and info.filename not in ratio_checked:
+            continue
         expands = info.file_size > MAX_EXPANSION * max(info.compress_size, 1)
         if expands and info.file_size > SMALL_MEMBER_BYTES:
             raise ImportRejected(

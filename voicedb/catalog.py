@@ -11,18 +11,20 @@ is rebuilt from the store by the next reader).
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, String, and_, exists, func, insert, select, type_coerce
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import InstrumentedAttribute, Session, defer, selectinload
 
 from .context import CLIPS_DIR, LibraryContext
 from .errors import (
@@ -46,6 +48,13 @@ MIN_PREFIX = 4
 MAX_NAME = 100
 #: Loads a voice's clips and conditionals with it: what every caller of a voice row reads.
 WITH_FILES = (selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))
+#: Voices read per query when a listing is streamed; rows per INSERT of a bulk import.
+PAGE_ROWS = 1000
+BULK_ROWS = 10_000
+#: Values per ``IN (...)`` query, well below SQLite's limit on bound parameters.
+IN_CHUNK = 10_000
+
+log = logging.getLogger(__name__)
 
 
 def check_name(name: str) -> str:
@@ -71,6 +80,33 @@ def check_language(language: str | None) -> str | None:
     if code not in supported:
         raise VoiceDBError(f"unknown language {language!r}; choose one of: {', '.join(sorted(supported))}.")
     return code
+
+
+def existing_values(session: Session, column: InstrumentedAttribute[str], values: Iterable[str]) -> list[str]:
+    """Which of ``values`` the column already holds: one indexed ``IN`` query per ``IN_CHUNK`` values."""
+    values = list(values)
+    found: list[str] = []
+    for start in range(0, len(values), IN_CHUNK):
+        found += session.scalars(select(column).where(column.in_(values[start : start + IN_CHUNK])))
+    return found
+
+
+def like_literal(text: str) -> str:
+    """``text`` in a LIKE pattern, its wildcards escaped with a backslash."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def like_glob(pattern: str) -> str:
+    """A name pattern (``*`` any characters, ``?`` one) as a LIKE pattern, escaped with a backslash."""
+    return like_literal(pattern).replace("*", "%").replace("?", "_")
+
+
+def rebuild_quietly(ctx: LibraryContext) -> None:
+    """Rebuild the index after a committed bulk change; a failure leaves it stale, for the next reader to rebuild."""
+    try:
+        ctx.index.rebuild()
+    except Exception:  # noqa: BLE001 - derived data, and the change is already committed
+        log.warning("could not rebuild the index; the next reader will", exc_info=True)
 
 
 def voice_record(row: VoiceRow) -> Voice:
@@ -99,6 +135,7 @@ class Change:
     dropped: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     generation: int | None = None
+    rebuild_index: bool = False
 
     def put_file(self, relative: str, write: Callable[[Path], None]) -> None:
         """Write a library file atomically: ``write(temp_path)``, fsync, rename to ``relative``.
@@ -119,6 +156,10 @@ class Change:
     def unindex(self, pk: int) -> None:
         self.unindexed.append(pk)
 
+    def reindex_all(self) -> None:
+        """So many vectors change that one rebuild after the commit beats updating the index voice by voice."""
+        self.rebuild_index = True
+
     def drop_file(self, relative: str) -> None:
         """Delete a library file once the commit no longer refers to it."""
         self.dropped.append(relative)
@@ -129,6 +170,49 @@ class Change:
             taken = self.session.scalar(select(VoiceRow.pk).where(VoiceRow.id == candidate))
             if ID_PATTERN.match(candidate) and not taken:
                 return candidate
+
+    def new_voice_ids(self, count: int) -> list[str]:
+        """``count`` fresh ids not in the library, drawn in bulk and checked by ``IN`` queries (among a
+        million voices a few draws in a thousand collide); sorted, so the id index takes them in order."""
+        fresh: set[str] = set()
+        while len(fresh) < count:
+            candidates = {secrets.token_hex(4) for _ in range(count - len(fresh))} - fresh
+            fresh |= candidates - set(existing_values(self.session, VoiceRow.id, candidates))
+        return sorted(fresh)
+
+    def add_voices(
+        self,
+        ids: Sequence[str],
+        names: Sequence[str],
+        vectors: np.ndarray,
+        encoder: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Many new voices without clips, by bulk INSERTs; the index is rebuilt once after the commit.
+
+        Every id and name must already be checked and free (``check_name``, ``existing_values``)."""
+        now = utcnow()
+        table = VoiceRow.__table__
+        for start in range(0, len(ids), BULK_ROWS):
+            stop = min(start + BULK_ROWS, len(ids))
+            rows = [
+                {
+                    "id": ids[n],
+                    "name": names[n],
+                    "tags": [],
+                    "embedding": vectors[n].tobytes(),
+                    "encoder": encoder,
+                    "language": None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for n in range(start, stop)
+            ]
+            self.session.execute(insert(table), rows)
+            if progress:
+                progress(stop, len(ids))
+        self.session.merge(MetaRow(key="encoder", value=encoder))
+        self.reindex_all()
 
     def new_voice(
         self, name: str, tags: Sequence[str], vector: np.ndarray, encoder: str, language: str | None = None
@@ -205,7 +289,7 @@ class Catalog:
                 with ctx.store.session() as session:
                     change = Change(session, ctx.home)
                     yield change
-                    if change.reindexed or change.unindexed:
+                    if change.reindexed or change.unindexed or change.rebuild_index:
                         change.generation = ctx.store.bump_generation(session)
                     session.flush()
                     crash_point(f"{phase}:before-commit")
@@ -222,7 +306,9 @@ class Catalog:
                 with suppress(OSError):  # a file left behind is an orphan, which `check --repair` removes
                     ctx.path(relative).unlink(missing_ok=True)
                 crash_point(f"{phase}:file-deleted")
-            if change.generation is not None:
+            if change.rebuild_index:
+                rebuild_quietly(ctx)
+            elif change.generation is not None:
                 ctx.index.apply(
                     change.generation,
                     add=[(row.pk, row.vector.copy()) for row in change.reindexed],
@@ -238,7 +324,9 @@ class Catalog:
             if row is not None:
                 return row
         if len(ref) >= MIN_PREFIX and re.fullmatch(r"[0-9a-f]+", ref):
-            prefixed = select(VoiceRow).where(VoiceRow.id.startswith(ref)).options(*WITH_FILES).limit(2)
+            # a range, not LIKE: SQLite's case-insensitive LIKE cannot use the id index
+            within = (VoiceRow.id >= ref, VoiceRow.id < ref + "g")  # "g" sorts after every hex digit
+            prefixed = select(VoiceRow).where(*within).options(*WITH_FILES).limit(2)
             rows = session.scalars(prefixed).all()
             if len(rows) == 1:
                 return rows[0]
@@ -249,9 +337,62 @@ class Catalog:
     def rows(self, session: Session) -> list[VoiceRow]:
         return list(session.scalars(select(VoiceRow).order_by(VoiceRow.pk).options(*WITH_FILES)))
 
-    def list(self) -> list[Voice]:
-        with self.ctx.store.session() as session:
-            return [voice_record(row) for row in self.rows(session)]
+    def list(
+        self, *, limit: int | None = None, offset: int = 0, tag: str | None = None, name: str | None = None
+    ) -> list[Voice]:
+        """The voices passing the filters, oldest first; see ``voices``."""
+        return list(self.voices(limit=limit, offset=offset, tag=tag, name=name))
+
+    def voices(
+        self, *, limit: int | None = None, offset: int = 0, tag: str | None = None, name: str | None = None
+    ) -> Iterator[Voice]:
+        """The voices passing the filters (``tag``: carries it; ``name``: matches the pattern, see
+        ``like_glob``), oldest first, skipping ``offset`` and stopping after ``limit``.
+
+        Filtering and paging happen in the database, ``PAGE_ROWS`` voices per query (each page after
+        the first continues from the last primary key seen), so a million voices stream in bounded memory.
+        """
+        if (limit is not None and limit < 0) or offset < 0:
+            raise VoiceDBError("limit and offset cannot be negative.")
+        filtered = self._filtered(tag, name).order_by(VoiceRow.pk)
+        last_pk, left = None, limit
+        while left is None or left > 0:
+            size = PAGE_ROWS if left is None else min(PAGE_ROWS, left)
+            pks = filtered.limit(size)
+            pks = pks.offset(offset) if last_pk is None else pks.where(VoiceRow.pk > last_pk)
+            page = select(VoiceRow).where(VoiceRow.pk.in_(pks)).order_by(VoiceRow.pk)
+            with self.ctx.store.session() as session:
+                rows = session.scalars(page.options(*WITH_FILES, defer(VoiceRow.embedding))).all()
+                found = [voice_record(row) for row in rows]
+            yield from found
+            if len(rows) < size:
+                return
+            last_pk = rows[-1].pk
+            left = None if left is None else left - len(rows)
+
+    def _filtered(self, tag: str | None, name: str | None) -> Select[tuple[int]]:
+        """The primary keys of the voices passing the filters: SQLite finds them in ``ix_voices_listing``."""
+        query = select(VoiceRow.pk)
+        if tag is not None:
+            query = query.where(self._has_tag(tag))
+        if name is not None:
+            pattern = like_glob(name)
+            if self.ctx.store.engine.dialect.name == "sqlite":  # SQLite's LIKE ignores case already
+                query = query.where(VoiceRow.name.like(pattern, escape="\\"))
+            else:
+                query = query.where(VoiceRow.name.ilike(pattern, escape="\\"))
+        return query
+
+    def _has_tag(self, tag: str) -> ColumnElement[bool]:
+        """Whether a voice's JSON list of tags holds ``tag``, tested by the database."""
+        sqlite = self.ctx.store.engine.dialect.name == "sqlite"
+        elements = (func.json_each if sqlite else func.json_array_elements_text)(VoiceRow.tags).table_valued("value")
+        holds = exists(select(1).select_from(elements).where(elements.c.value == tag))
+        if not sqlite:
+            return holds
+        # a cheap text test first (the list is stored as json.dumps writes it): json_each runs on few rows
+        stored = type_coerce(VoiceRow.tags, String)
+        return and_(stored.like(f"%{like_literal(json.dumps(tag))}%", escape="\\"), holds)
 
     def get(self, ref: str) -> Voice:
         with self.ctx.store.session() as session:

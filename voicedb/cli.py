@@ -252,26 +252,46 @@ def match(
         click.echo(f"wrote {result.output} ({result.seconds:.1f} s, voice {result.voice.name})", err=as_json)
 
 
+#: Rows whose names set the width of ``list``'s name column (the listing streams; later names may overflow it).
+LIST_WIDTH_ROWS = 1000
+
+
 @cli.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, name, ...}.")
+@click.option("--limit", type=click.IntRange(min=0), help="Print at most this many voices.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many voices first.")
+@click.option("--tag", "-t", help="Only voices carrying this tag.")
+@click.option(
+    "--name", "-n", "pattern", metavar="PATTERN", help="Only voices whose name matches: * any characters, ? one."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: one {id, name, ...} object per voice.")
 @click.pass_context
-def list_voices(ctx: click.Context, as_json: bool) -> None:
-    """List the stored voices."""
-    voices = library(ctx).list()
+def list_voices(
+    ctx: click.Context, limit: int | None, offset: int, tag: str | None, pattern: str | None, as_json: bool
+) -> None:
+    """List the stored voices, oldest first (streamed: a million voices print in bounded memory)."""
+    voices = library(ctx).voices(limit=limit, offset=offset, tag=tag, name=pattern)
     if as_json:
-        emit_json([v.to_dict() for v in voices])
+        for v in voices:
+            click.echo(json.dumps(v.to_dict(), ensure_ascii=False))
         return
-    if not voices:
-        click.echo("no voices yet: add one with `voicedb add CLIP --name NAME`", err=True)
-        return
+    from itertools import chain, islice
+
     from rich.cells import cell_len  # terminal columns: CJK characters take two
 
-    width = max(4, *(cell_len(v.name) for v in voices))
-    click.echo(f"{'ID':<8}  {'NAME' + ' ' * (width - 4)}  CLIPS  SECONDS  MODELS  TAGS")
-    for v in voices:
-        name = v.name + " " * (width - cell_len(v.name))
+    first = list(islice(voices, LIST_WIDTH_ROWS))
+    if not first:
+        filtered = tag is not None or pattern is not None or offset
         click.echo(
-            f"{v.id:<8}  {name}  {v.clips:>5}  {v.seconds:>7.1f}  {','.join(v.models) or '-':<6}  {','.join(v.tags)}"
+            "no voices match" if filtered else "no voices yet: add one with `voicedb add CLIP --name NAME`", err=True
+        )
+        return
+    width = max(4, *(cell_len(v.name) for v in first))
+    click.echo(f"{'ID':<8}  {'NAME' + ' ' * (width - 4)}  CLIPS  SECONDS  MODELS  TAGS")
+    for v in chain(first, voices):
+        name = v.name + " " * (width - cell_len(v.name))
+        clips = v.clips or "none"
+        click.echo(
+            f"{v.id:<8}  {name}  {clips:>5}  {v.seconds:>7.1f}  {','.join(v.models) or '-':<6}  {','.join(v.tags)}"
         )
 
 
@@ -289,6 +309,8 @@ def show(ctx: click.Context, voice: str, as_json: bool) -> None:
         value = details[key]
         if value is None:  # no language set
             continue
+        if key == "clips" and not value:
+            value = "none" if details["models"] else f"none (add clips with `voicedb add CLIP --voice {details['id']}`)"
         click.echo(f"{key + ':':<12}{', '.join(value) if isinstance(value, list) else value}")
     for clip in details["clip_files"]:
         click.echo(f"  clip  {clip['file']}  ({clip['source']}, {clip['seconds']} s, {clip['sample_rate']} Hz)")
@@ -443,6 +465,12 @@ def speak(
     type=click.Path(file_okay=False, path_type=Path),
     help="Back up every voice as bundles into this directory.",
 )
+@click.option(
+    "--embeddings",
+    "embeddings_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every voice's id, name and vector to this .npz.",
+)
 @click.option("--model", type=MODEL_CHOICE, default="english", show_default=True, help="Whose conditionals to export.")
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
 @click.pass_context
@@ -452,6 +480,7 @@ def export(
     output: Path | None,
     bundle: bool,
     all_dir: Path | None,
+    embeddings_file: Path | None,
     model: str,
     force: bool,
 ) -> None:
@@ -460,9 +489,16 @@ def export(
     \b
     The .pt loads in upstream Chatterbox:
         model.conds = Conditionals.load("alice.pt")
-    --bundle writes everything stored about the voice; --all DIR backs up the whole library.
+    --bundle writes everything stored about the voice; --all DIR backs up the whole library;
+    --embeddings FILE.npz writes the vectors alone (ids, names, vectors, encoder).
     """
     db = library(ctx)
+    if embeddings_file is not None:
+        if voice is not None or all_dir is not None:
+            raise click.UsageError("--embeddings writes every voice: give no VOICE and no --all.")
+        count = db.export_embeddings(embeddings_file, force=force)
+        click.echo(f"wrote {embeddings_file} ({count} voice{'s' * (count != 1)})")
+        return
     if all_dir is not None:
         written = db.export_all(all_dir, force=force)
         click.echo(f"exported {len(written)} voice{'s' * (len(written) != 1)} to {all_dir}")
@@ -481,6 +517,9 @@ def export(
 @click.option("--name", "-n", help="Name of the new voice (default: the bundle's name or the file's stem).")
 @click.option("--all", "restore_all", is_flag=True, help="SOURCE is a directory written by `export --all`.")
 @click.option(
+    "--embeddings", is_flag=True, help="SOURCE is an embeddings .npz: a voice without clips for every vector."
+)
+@click.option(
     "--model",
     type=MODEL_CHOICE,
     default="english",
@@ -489,13 +528,26 @@ def export(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def import_(ctx: click.Context, source: Path, name: str | None, restore_all: bool, model: str, as_json: bool) -> None:
-    """Add a voice from a conditionals .pt or a .voicedb bundle.
+def import_(
+    ctx: click.Context, source: Path, name: str | None, restore_all: bool, embeddings: bool, model: str, as_json: bool
+) -> None:
+    """Add a voice from a conditionals .pt or a .voicedb bundle, or many from an embeddings .npz.
 
     The file is treated as untrusted: loaded with weights_only, checked for shapes and checksums.
-    If anything is wrong the library is left unchanged.
+    If anything is wrong the library is left unchanged. Voices imported from --embeddings can be
+    matched; they speak once clips are added with `voicedb add CLIP --voice ID`.
     """
     db = library(ctx)
+    if embeddings:
+        if restore_all or name:
+            raise click.UsageError("--embeddings takes the names from the file: no --name, no --all.")
+        with progress_bar() as hook:
+            count = db.import_embeddings(source, progress=hook)
+        if as_json:
+            emit_json({"imported": count})
+        else:
+            click.echo(f"imported {count} voice{'s' * (count != 1)} without clips from {source}")
+        return
     if restore_all:
         voices = db.import_all(source)
     else:

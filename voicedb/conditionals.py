@@ -24,7 +24,7 @@ from cachetools import LRUCache
 from .audio import BestReference, LoadedClip, load_clip
 from .catalog import Catalog, Change
 from .context import CONDS_DIR, LibraryContext
-from .errors import AudioError, LibraryError
+from .errors import AudioError, LibraryError, NoClips
 from .files import sha256_file
 from .flavours import Flavour, flavour_named
 from .store import ConditionalsRow, VoiceRow, utcnow
@@ -152,8 +152,9 @@ class ConditionalsStore:
             row = self.catalog.row(session, ref)
             voice_id, vector, has_clips = row.id, row.vector.copy(), bool(row.clips)
             saved = next((c for c in row.conditionals if c.flavour == flavour.name), None)
+            embedding_only = not row.clips and not row.conditionals
         if saved is None:
-            self._derive_or_explain(voice_id, flavour, has_clips)
+            self._derive_or_explain(voice_id, flavour, has_clips, embedding_only)
             return self.load(voice_id, model)
         key = (voice_id, flavour.name, saved.file)
         with self._cache_lock:
@@ -171,11 +172,13 @@ class ConditionalsStore:
             self._cache[key] = conds
         return shallow_copy(conds)
 
-    def _derive_or_explain(self, voice_id: str, flavour: Flavour, has_clips: bool) -> None:
+    def _derive_or_explain(self, voice_id: str, flavour: Flavour, has_clips: bool, embedding_only: bool) -> None:
+        add_clips = f"add clips with `voicedb add CLIP --voice {voice_id}`"
+        if embedding_only:
+            raise NoClips(f"voice {voice_id} has no clips (it was imported as an embedding): {add_clips}.")
         if not has_clips:
-            raise LibraryError(
-                f"voice {voice_id} has no {flavour.name} conditionals and no clips to derive them from; "
-                f"add clips with `voicedb add CLIP --voice {voice_id}`."
+            raise NoClips(
+                f"voice {voice_id} has no {flavour.name} conditionals and no clips to derive them from; {add_clips}."
             )
         self.derive(voice_id, flavour.name)
 

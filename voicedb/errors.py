@@ -54,6 +54,10 @@ class InvalidName(VoiceDBError):
     """A voice name that could not be typed back on a command line."""
 
 
+class NoClips(VoiceDBError):
+    """A voice without reference audio (imported as an embedding alone) cannot derive conditionals to speak."""
+
+
 class CheckpointError(VoiceDBError):
     """Model weights are missing, corrupt or of the wrong kind."""
 

@@ -16,7 +16,7 @@ One ``VoiceDB`` may be shared by many threads: see ``context.LibraryContext``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,9 +98,19 @@ class VoiceDB:
         self.close()
 
     # -- catalog ------------------------------------------------------------------------------
-    def list(self) -> list[Voice]:
-        """Every voice, oldest first."""
-        return self._catalog.list()
+    def list(
+        self, *, limit: int | None = None, offset: int = 0, tag: str | None = None, name: str | None = None
+    ) -> list[Voice]:
+        """The voices, oldest first: every one, or those carrying ``tag`` and whose name matches the
+        pattern ``name`` (``*`` any characters, ``?`` one; ASCII letters in any case), after skipping
+        ``offset`` of them and at most ``limit``. The database filters and pages."""
+        return self._catalog.list(limit=limit, offset=offset, tag=tag, name=name)
+
+    def voices(
+        self, *, limit: int | None = None, offset: int = 0, tag: str | None = None, name: str | None = None
+    ) -> Iterator[Voice]:
+        """Like ``list``, read a page at a time as it is iterated: for libraries too big to hold at once."""
+        return self._catalog.voices(limit=limit, offset=offset, tag=tag, name=name)
 
     def get(self, ref: str) -> Voice:
         """One voice by id, name or unique id prefix (at least 4 characters)."""
@@ -178,7 +188,8 @@ class VoiceDB:
         return self._matcher.match(audio, k=k, threshold=threshold)
 
     def match_vector(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Match]:
-        """Like ``match`` for an embedding computed elsewhere."""
+        """Like ``match`` for an embedding computed elsewhere (256 floats from this library's voice
+        encoder, normalised here); no threshold unless one is given."""
         return self._matcher.match_vector(vector, k=k, threshold=threshold)
 
     # -- conditionals and speech ----------------------------------------------------------------
@@ -252,6 +263,19 @@ class VoiceDB:
     def import_file(self, path: PathLike, *, name: str | None = None, model: str = "english") -> AddResult:
         """Add a voice from a conditionals ``.pt`` (as ``model``'s) or a ``.voicedb`` bundle (untrusted input)."""
         return self._portability.import_file(Path(path), name=name, model=model)
+
+    def export_embeddings(self, output: PathLike, *, force: bool = False) -> int:
+        """Write every voice's id, name and vector as an embeddings ``.npz`` (``ids``, ``names``,
+        ``vectors`` N x 256 float32 L2-normalised, ``encoder`` the voice encoder's SHA-256); returns
+        how many. Never overwrites without ``force``."""
+        return self._portability.export_embeddings(Path(output), force=force)
+
+    def import_embeddings(self, path: PathLike, *, progress: ProgressHook | None = None) -> int:
+        """Add a voice for every vector of an embeddings ``.npz`` (untrusted input; ``ids`` optional):
+        they can be matched, and speak once clips are added with ``add(..., voice=)``. Vectors of
+        another encoder or dimension, not finite or zero, and names or ids that repeat or are taken
+        refuse the whole file. Returns how many voices were added."""
+        return self._portability.import_embeddings(Path(path), progress=progress)
 
     def import_all(self, directory: PathLike) -> list[Voice]:
         """Restore a backup made by ``export_all``, all or nothing."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .audio import audio_source, load_clip
-from .catalog import Catalog, KeptClip, check_language, check_name, voice_record
+from .catalog import ID_PATTERN, Catalog, KeptClip, check_language, check_name, existing_values, voice_record
 from .conditionals import IMPORTED, ConditionalsStore, Prepared, serialise
 from .context import LibraryContext
 from .enroll import Enrollment
@@ -26,8 +27,13 @@ from .files import atomic_path, atomic_write_bytes, sha256_file
 from .flavours import FLAVOURS, flavour_named
 from .matching import mean_embedding, normalised
 from .records import AddResult, Voice
+from .store import EMBEDDING_DIM, VoiceRow
 
 BACKUP_INDEX = "backup.json"
+#: ``progress(done, total, label)`` is called as multi-step work advances.
+ProgressHook = Callable[[int, int, str], None]
+#: A vector whose length is this close to 1 counts as normalised already (float32 rounding).
+UNIT_TOLERANCE = 1e-5
 
 
 def file_stem(voice_name: str) -> str:
@@ -49,6 +55,27 @@ def bundle_language(path: Path, manifest: dict[str, Any]) -> str | None:
         return check_language(language)
     except VoiceDBError as exc:
         raise ImportRejected(f"{path}: {exc}") from None
+
+
+def refuse_repeats(path: Path, label: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ImportRejected(f"{path}: the {label} {value!r} appears more than once.")
+        seen.add(value)
+
+
+def unit_rows(path: Path, vectors: np.ndarray) -> np.ndarray:
+    """The vectors L2-normalised, in place (those of unit length already kept bit for bit); a vector
+    that is not finite, or zero, is refused. No temporary as large as the vectors is made."""
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))  # NaN or inf anywhere: not finite
+    if not (finite := np.isfinite(norms)).all():
+        raise ImportRejected(f"{path}: vector {int(np.argmin(finite))} is not finite (NaN or infinity).")
+    if (zero := norms == 0).any():
+        raise ImportRejected(f"{path}: vector {int(np.argmax(zero))} is zero and has no direction.")
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+    vectors[off] /= norms[off, None].astype(np.float32)
+    return vectors
 
 
 class Portability:
@@ -122,7 +149,70 @@ class Portability:
         atomic_write_bytes(directory / BACKUP_INDEX, json.dumps(index, indent=2).encode())
         return written
 
+    def export_embeddings(self, output: Path, force: bool = False) -> int:
+        """Write every voice's id, name and vector to an embeddings ``.npz``; returns how many."""
+        from sqlalchemy import func, select
+
+        from .embeddings import Embeddings, write_npz
+
+        refuse_overwrite(output, force)
+        encoder = self.ctx.library_encoder()
+        with self.ctx.store.session() as session:
+            mixed = session.scalar(select(func.count()).where(VoiceRow.encoder != encoder))
+            rows = session.execute(select(VoiceRow.id, VoiceRow.name, VoiceRow.embedding).order_by(VoiceRow.pk)).all()
+        if encoder is None or not rows:
+            raise VoiceDBError("the library has no voices to export.")
+        if mixed:
+            raise LibraryError(
+                f"{mixed} voices were embedded with another voice-encoder checkpoint; "
+                "run `voicedb check --repair` first."
+            )
+        vectors = np.frombuffer(b"".join(blob for *_, blob in rows), dtype=np.float32).reshape(-1, EMBEDDING_DIM)
+        ids, names = [voice_id for voice_id, *_ in rows], [name for _, name, _ in rows]
+        write_npz(output, Embeddings(names, vectors, encoder, ids))
+        return len(rows)
+
     # -- in -------------------------------------------------------------------------------------
+    def import_embeddings(self, path: Path, progress: ProgressHook | None = None) -> int:
+        """Add a voice without clips for every vector of an embeddings ``.npz``: all of them, or none
+        when anything is wrong. Returns how many were added."""
+        from .embeddings import read_npz
+
+        if not path.is_file():
+            raise ImportRejected(f"{path}: no such file.")
+        found = read_npz(path, EMBEDDING_DIM)
+        if not found.names:
+            raise ImportRejected(f"{path}: holds no vectors.")
+        encoder = self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
+        if found.encoder != encoder:
+            raise ImportRejected(
+                f"{path}: its vectors come from another voice encoder ({found.encoder[:12]}, "
+                f"this library's is {encoder[:12]}); nothing was imported."
+            )
+        names = [self._checked_name(path, n, name) for n, name in enumerate(found.names)]
+        refuse_repeats(path, "name", names)
+        if found.ids is not None:
+            for n, voice_id in enumerate(found.ids):
+                if not ID_PATTERN.match(voice_id):
+                    raise ImportRejected(f"{path}: id {n} ({voice_id!r}) is not 8 lowercase hex digits.")
+            refuse_repeats(path, "id", found.ids)
+        vectors = unit_rows(path, found.vectors)
+        with self.catalog.write("import-embeddings") as change:
+            for label, column, values in (("name", VoiceRow.name, names), ("id", VoiceRow.id, found.ids or ())):
+                if taken := existing_values(change.session, column, values):
+                    raise ImportRejected(f"{path}: the library already has a voice with the {label} {taken[0]!r}.")
+            ids = found.ids if found.ids is not None else change.new_voice_ids(len(names))
+            hook = (lambda done, total: progress(done, total, "importing voices")) if progress else None
+            change.add_voices(ids, names, vectors, encoder, hook)
+        return len(names)
+
+    @staticmethod
+    def _checked_name(path: Path, n: int, name: str) -> str:
+        try:
+            return check_name(name)
+        except VoiceDBError as exc:
+            raise ImportRejected(f"{path}: name {n}: {exc}") from None
+
     def import_file(self, path: Path, *, name: str | None = None, model: str = "english") -> AddResult:
         from .bundle import is_bundle
 

@@ -217,8 +217,11 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
 
     # -- the library -------------------------------------------------------------------------------
     @app.get("/v1/voices", tags=["voices"], dependencies=authorised)
-    def list_voices() -> dict[str, list[dict[str, Any]]]:
-        return {"voices": [v.to_dict() for v in db.list()]}
+    def list_voices(
+        limit: Annotated[int | None, Query(ge=0, description="At most this many voices.")] = None,
+        offset: Annotated[int, Query(ge=0, description="Skip this many voices first.")] = 0,
+    ) -> dict[str, list[dict[str, Any]]]:
+        return {"voices": [v.to_dict() for v in db.list(limit=limit, offset=offset)]}
 
     @app.get("/v1/voices/{ref}", tags=["voices"], dependencies=authorised)
     def show_voice(ref: str) -> dict[str, Any]:
