@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
 LAYERS = [
     {"errors", "files", "faults", "records", "config"},
     {"flavours", "audio", "speech", "bundle", "store", "locks"},
+    {"voice_encoder"},
     {"index", "engine", "embeddings"},
     {"context"},
     {"catalog"},

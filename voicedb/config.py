@@ -66,9 +66,14 @@ def index_exact_max() -> int:
     return value
 
 
+def device_override() -> str | None:
+    """``$VOICEDB_DEVICE`` when set: the device asked for, before torch is imported to choose one."""
+    return os.environ.get(DEVICE_ENV) or None
+
+
 def torch_device() -> str:
     """``$VOICEDB_DEVICE``, else CUDA when present, else CPU."""
-    if env := os.environ.get(DEVICE_ENV):
+    if env := device_override():
         return env
     import torch
 

@@ -70,7 +70,7 @@ class LibraryContext:
                 if self._engine is None:
                     from .engine import shared_engine
 
-                    self._engine = shared_engine(self._checkpoint, self._device or config.torch_device())
+                    self._engine = shared_engine(self._checkpoint, self._device or config.device_override())
         return self._engine
 
     def require_writable(self) -> None:

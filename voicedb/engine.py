@@ -2,9 +2,10 @@
 
 Chatterbox's own ``from_pretrained`` loads every network at once and ``generate`` hard-codes 1000
 speech tokens; voicedb needs finer control (enrollment loads only the voice encoder and S3Gen,
-synthesis caps tokens), so this adapter calls Chatterbox's public parts -- ``VoiceEncoder``,
-``S3Gen.embed_ref``/``inference``, ``T3.inference``, the tokenizers and the Perth watermarker --
-exactly as upstream's ``prepare_conditionals`` and ``generate`` do.
+synthesis caps tokens), so this adapter calls Chatterbox's public parts -- ``S3Gen.embed_ref``/
+``inference``, ``T3.inference``, the tokenizers and the Perth watermarker -- exactly as upstream's
+``prepare_conditionals`` and ``generate`` do. The voice encoder runs in NumPy from upstream's
+weights (``voicedb.voice_encoder``), so that matching imports no torch.
 
 Names: a *flavour* is a model family (``voicedb.flavours``), the *engine* is the set of networks
 loaded for one checkpoint and device, a *network* is one ``torch.nn.Module`` in it.
@@ -34,9 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import config
 from .bundle import refuse_bombs
 from .errors import CheckpointError, ImportRejected
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour, SynthesisSettings
+from .voice_encoder import VoiceEncoder
+from .voice_encoder import load_state as load_voice_encoder_state
 
 if TYPE_CHECKING:
     import torch
@@ -186,32 +190,6 @@ def t3_config(flavour: Flavour, shape: T3Shape | None = None):
     return config
 
 
-def voice_encoder_class() -> type:
-    """Upstream's ``VoiceEncoder`` class, without running ``chatterbox/__init__``.
-
-    That ``__init__`` imports every TTS model (transformers, diffusers, perth: about 4 s and 600 MB),
-    while embedding and matching need only this small module of torch and librosa code. Its
-    unmodified source is imported under a private package name; once the full package is loaded
-    (synthesis, conditionals) the real module is used.
-    """
-    import importlib
-    import importlib.util
-    import sys
-    import types
-
-    if "chatterbox.models.voice_encoder" in sys.modules:
-        return sys.modules["chatterbox.models.voice_encoder"].VoiceEncoder
-    private = "_voicedb_chatterbox_voice_encoder"
-    if private not in sys.modules:
-        spec = importlib.util.find_spec("chatterbox")
-        if spec is None or not spec.submodule_search_locations:
-            raise CheckpointError("chatterbox-tts is not installed: pip install chatterbox-tts")
-        package = types.ModuleType(private)
-        package.__path__ = [str(Path(next(iter(spec.submodule_search_locations))) / "models" / "voice_encoder")]
-        sys.modules[private] = package
-    return importlib.import_module(f"{private}.voice_encoder").VoiceEncoder
-
-
 def _quick_fingerprint(path: Path) -> str:
     """Size plus hash of the first 4 MB: tells weight files apart without reading a gigabyte."""
     digest = hashlib.sha256(str(path.stat().st_size).encode())
@@ -272,14 +250,22 @@ class Engine:
     shares what is loaded.
     """
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "cpu") -> None:
+    def __init__(self, checkpoint: Checkpoint, device: str | None = "cpu") -> None:
         self.checkpoint = checkpoint
-        self.device = device
+        self._device = device
         self._networks: dict[str, Any] = {}
         self._guard = threading.Lock()  # protects the two dicts below
         self._loading: dict[str, threading.Lock] = {}
         self._sampling = threading.RLock()  # reentrant: a network first used inside ``sampling`` loads there
         silence_third_party()
+
+    @property
+    def device(self) -> str:
+        """The torch device, ``None`` at creation meaning CUDA when present: resolved on first use,
+        because asking imports torch, which the NumPy voice encoder does not need."""
+        if self._device is None:
+            self._device = config.torch_device()
+        return self._device
 
     def _cached(self, key: str, load: Callable[[], Any]) -> Any:
         """``load()`` once per key, even when several threads ask at the same moment."""
@@ -327,15 +313,14 @@ class Engine:
         return self.checkpoint.file(english, english.ve_file)
 
     @property
-    def encoder(self):
-        def load():
-            VoiceEncoder = voice_encoder_class()  # noqa: N806 - a class
-            path = self._ve_path()
-            encoder = VoiceEncoder()
-            _fit(encoder, _load_state(path), path)
-            return encoder.to(self.device).eval()
+    def encoder(self) -> VoiceEncoder:
+        """The voice encoder, in NumPy: matching loads neither torch nor chatterbox."""
 
-        return self._network("ve", load)
+        def load() -> VoiceEncoder:
+            path = self._ve_path()
+            return VoiceEncoder(load_voice_encoder_state(path), path)
+
+        return self._cached("ve", load)
 
     @property
     def encoder_checksum(self) -> str:
@@ -354,15 +339,10 @@ class Engine:
     def embed(self, wav_16k: np.ndarray) -> np.ndarray:
         """Utterance embedding of one clip at 16 kHz: L2-normalised float32 of shape (256,).
 
-        The same call as ``ChatterboxTTS.prepare_conditionals``: ``embeds_from_wavs`` with its
-        defaults (trim at 20 dB, partials at rate 1.3).
+        What ``ChatterboxTTS.prepare_conditionals`` computes (``embeds_from_wavs`` with its defaults:
+        trim at 20 dB, partials at rate 1.3), to float32 rounding; see ``voice_encoder``.
         """
-        import torch
-
-        encoder = self.encoder
-        with torch.inference_mode():
-            embedding = encoder.embeds_from_wavs([wav_16k], sample_rate=S3_SR)[0]
-        return embedding.astype(np.float32)
+        return self.encoder.embed(wav_16k)
 
     # -- conditionals -----------------------------------------------------------------------
     def s3gen(self, flavour: Flavour):
@@ -625,8 +605,9 @@ _SHARED: dict[tuple[Path | None, str], Engine] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_engine(directory: Path | None, device: str) -> Engine:
-    """One ``Engine`` per (checkpoint, device) in this process: weights load once, whoever asks."""
+def shared_engine(directory: Path | None, device: str | None) -> Engine:
+    """One ``Engine`` per (checkpoint, device) in this process: weights load once, whoever asks
+    (``None``: the default device, chosen when a torch network first needs it)."""
     key = (directory.resolve() if directory else None, device)
     with _SHARED_LOCK:
         if key not in _SHARED:
