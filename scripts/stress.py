@@ -41,6 +41,11 @@ for item in sys.argv[1:]:
 """
 
 
+def listed_voices(env: dict[str, str]) -> list[dict]:
+    """``voicedb list --json``: JSON lines, one voice each."""
+    return [json.loads(line) for line in voicedb("list", "--json", env=env).stdout.splitlines()]
+
+
 def distinct_clips(directory: Path, count: int) -> list[Path]:
     """``count`` clips of real speech with distinct bytes: the test clips at slightly different gains."""
     sources = sorted(SPEECH.glob("*.flac"))
@@ -88,7 +93,7 @@ def crash_harness(runs: int, env: dict[str, str], work: Path) -> dict[str, int]:
             process.wait()
             kills += 1
     failures = consistency_failures(env)
-    present = {v["name"] for v in json.loads(voicedb("list", "--json", env=env).stdout)}
+    present = {v["name"] for v in listed_voices(env)}
     expected_names = {f"v{n}" for n in range(runs)}
     for n in range(runs):
         if f"v{n}" in present:
@@ -114,7 +119,7 @@ def concurrency_harness(processes: int, adds: int, env: dict[str, str], work: Pa
         for job in jobs
     ]
     errors = sum(p.wait() != 0 for p in running)
-    listed = [v["name"] for v in json.loads(voicedb("list", "--json", env=env).stdout)]
+    listed = [v["name"] for v in listed_voices(env)]
     failures = errors + consistency_failures(env) + (len(listed) != len(set(listed)))
     return {
         "runs": processes,
