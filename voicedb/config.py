@@ -24,8 +24,8 @@ MAX_ANALYSED_SECONDS = 300.0
 MIN_SPEECH_SECONDS = 1.0
 
 #: Up to this many voices the index is exact (a flat scan); above it, approximate (IVF-Flat). An exact
-#: query costs about 1.8 ms at 50,000 voices on 2 cores and grows linearly (36 ms at a million), while IVF
-#: stays near 2 ms at a million with recall@1 >= 0.99; measured by ``scripts/bench_match.py`` (README, "Matching").
+#: query costs 2 ms at 50,000 voices on 2 cores and grows linearly (40 ms at a million), while IVF answers a
+#: million in 3 ms with recall@1 1.000 on clustered voices; measured by ``scripts/bench_match.py`` (README, "Matching").
 DEFAULT_INDEX_EXACT_MAX = 50_000
 
 #: Chatterbox recommends about ten seconds of reference audio; shorter clips get a warning.
