@@ -9,14 +9,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
 
 #: Lower layers first; a module may import only from layers below its own.
 LAYERS = [
-    {"errors", "files", "faults", "records", "config"},
+    {"errors", "files", "faults", "records"},
+    {"config"},
     {"flavours", "audio", "speech", "bundle", "store", "locks"},
     {"voice_encoder"},
     {"index", "engine", "embeddings"},
     {"context"},
     {"catalog"},
     {"matching", "conditionals"},
-    {"synthesis", "enroll"},
+    {"synthesis", "enroll", "bulk"},
     {"portability", "checker"},
     {"library"},
     {"server"},  # the package voicedb/server: HTTP over the library

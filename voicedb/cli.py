@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,13 +55,21 @@ def progress_bar() -> Iterator[Any]:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=Console(file=sys.stderr),
         transient=True,
     ) as bar:
@@ -134,7 +143,23 @@ def init(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--each",
+    "tree",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Enroll one voice per subdirectory of DIR, named after it (bulk: resumable, in parallel).",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    metavar="FILE.csv",
+    help="Enroll the voices a CSV lists: columns path, name, tags (bulk: resumable, in parallel).",
+)
+@click.option(
+    "--workers", type=click.IntRange(1), help="Worker processes for --each/--manifest (default: one per CPU)."
+)
 @click.option("--name", "-n", help="Name of the new voice (default: the directory's or first file's name).")
 @click.option("--tag", "-t", "tags", multiple=True, help="A tag to attach; repeat for several.")
 @click.option("--voice", "voice_ref", metavar="ID|NAME", help="Add the clips to this existing voice instead.")
@@ -150,30 +175,51 @@ def init(ctx: click.Context) -> None:
     metavar="LANG",
     help="Language id the voice speaks (en, fr, de, ja, ...); the multilingual model speaks it by default.",
 )
-@click.option("--no-conditionals", is_flag=True, help="Only embed; derive conditionals at the first `speak`.")
+@click.option(
+    "--conditionals/--no-conditionals",
+    default=None,
+    help="Compute the model's conditionals now (default for one voice), or at the first `speak` (default in bulk).",
+)
 @click.option("--strict", is_flag=True, help="Refuse clips with quality warnings instead of warning.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def add(
     ctx: click.Context,
     paths: tuple[Path, ...],
+    tree: Path | None,
+    manifest: Path | None,
+    workers: int | None,
     name: str | None,
     tags: tuple[str, ...],
     voice_ref: str | None,
     model: str,
     language: str | None,
-    no_conditionals: bool,
+    conditionals: bool | None,
     strict: bool,
     as_json: bool,
 ) -> None:
-    """Enroll a voice from one or more clips of one speaker.
+    """Enroll a voice from one or more clips of one speaker, or many voices at once.
 
-    PATHS are audio files (WAV, FLAC, OGG, MP3) or directories of them. All clips become one voice:
-    its embedding is the mean of the clips' speaker embeddings. Identical recordings already in the
-    library are refused.
+    PATHS are audio files (WAV, FLAC, OGG, MP3, M4A) or directories of them. All clips become one
+    voice: its embedding is the mean of the clips' speaker embeddings. Identical recordings already
+    in the library are refused.
+
+    \b
+    In bulk, worker processes decode and embed while voices are written in groups:
+      voicedb add --each speakers/          # speakers/alice/*.wav -> voice "alice", ...
+      voicedb add --manifest voices.csv     # path,name,tags rows; rows sharing a name are one voice
+    Run it again after Ctrl-C or a crash: voices already enrolled (by name) are skipped.
     """
+    if tree is not None or manifest is not None:
+        if paths or name or voice_ref or language or strict or (tree is not None and manifest is not None):
+            raise click.UsageError("--each or --manifest enrolls many voices: give no PATHS, --name, --voice, ...")
+        add_many(ctx, tree, manifest, workers, tags, model, bool(conditionals), as_json)
+        return
+    if not paths:
+        raise click.UsageError("give the clips to enroll (or --each DIR, --manifest FILE.csv).")
     if voice_ref and name:
         raise click.UsageError("--name names a new voice; with --voice use `voicedb rename` instead.")
+    no_conditionals = conditionals is False
     db = library(ctx)
     with progress_bar() as hook:
         result = db.add(
@@ -195,6 +241,42 @@ def add(
     verb = "added voice" if result.created else "updated voice"
     v = result.voice
     click.echo(f"{verb} {v.id} {v.name} ({v.clips} clip{'s' * (v.clips != 1)}, {v.seconds:.1f} s)")
+
+
+def add_many(
+    ctx: click.Context,
+    tree: Path | None,
+    manifest: Path | None,
+    workers: int | None,
+    tags: tuple[str, ...],
+    model: str,
+    conditionals: bool,
+    as_json: bool,
+) -> None:
+    """``add --each`` / ``--manifest``: one summary line, a warning per voice refused."""
+    from .bulk import BulkVoice, VoiceTree, read_manifest
+
+    voices = VoiceTree(tree) if tree is not None else read_manifest(manifest)
+    if tags:  # --tag applies to every voice, beside the manifest's own
+        voices = [BulkVoice(v.name, v.paths, tuple(sorted({*v.tags, *tags}))) for v in voices]
+    started = time.monotonic()
+    with progress_bar() as hook:
+        result = library(ctx).add_many(voices, model=model, conditionals=conditionals, workers=workers, progress=hook)
+    for message in result.warnings:
+        warn(message)
+    for voice_name, why in result.refused:
+        warn(f"{voice_name}: not enrolled: {why}")
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    if result.quality:
+        warn(f"{len(result.quality)} clips have quality warnings (short, clipped, quiet...): --json lists them")
+    minutes = (time.monotonic() - started) / 60
+    rate = f" ({len(result.added) / minutes:.0f} voices/min)" if result.added and minutes > 0 else ""
+    click.echo(
+        f"enrolled {len(result.added)} voices{rate}; skipped {len(result.skipped)} already enrolled; "
+        f"refused {len(result.refused)}"
+    )
 
 
 @cli.command()

@@ -50,7 +50,7 @@ S3GEN_SR = 24_000  # rate of S3Gen's reference and of the synthesised audio
 DEC_COND_SECONDS = 10  # S3Gen reference length used by every flavour
 SPEECH_VOCAB = 6561  # tokens at or above this are special, never audio
 
-NOISY_LOGGERS = ("transformers", "diffusers", "chatterbox", "perth", "numba", "urllib3", "root")
+NOISY_LOGGERS = ("transformers", "diffusers", "chatterbox", "perth", "numba", "urllib3", "huggingface_hub", "root")
 NOISY_MODULES = r"(chatterbox|diffusers|transformers|torch|perth|huggingface_hub|s3tokenizer|pyloudnorm|librosa)"
 #: Upstream modules that print or draw tqdm bars during inference.
 CHATTY_UPSTREAM = (
@@ -299,7 +299,7 @@ class Engine:
         return needed <= set(self._networks)
 
     # -- voice encoder ---------------------------------------------------------------------
-    def _ve_path(self) -> Path:
+    def voice_encoder_path(self) -> Path:
         """``ve.safetensors``, or the multilingual layout's ``ve.pt`` in a local directory that has only that.
 
         Every flavour shares this one encoder, so a voice has one embedding, used for matching and as
@@ -317,7 +317,7 @@ class Engine:
         """The voice encoder, in NumPy: matching loads neither torch nor chatterbox."""
 
         def load() -> VoiceEncoder:
-            path = self._ve_path()
+            path = self.voice_encoder_path()
             return VoiceEncoder(load_voice_encoder_state(path), path)
 
         return self._cached("ve", load)
@@ -332,7 +332,7 @@ class Engine:
         def load() -> str:
             from .files import sha256_file
 
-            return sha256_file(self._ve_path())
+            return sha256_file(self.voice_encoder_path())
 
         return self._cached("ve_sha", load)
 

@@ -3,6 +3,7 @@
 =================  ===========================================================
 ``catalog``        resolve, list, show, rename, tags, remove; the write protocol
 ``enroll``         add and extend voices, the quality gate, re-embedding
+``bulk``           many voices at once, in worker processes, resumable
 ``matching``       embed a query, check the encoder, search, threshold
 ``conditionals``   derive, save, load, and tell outdated conditionals
 ``synthesis``      text to audio with a voice's conditionals
@@ -16,7 +17,7 @@ One ``VoiceDB`` may be shared by many threads: see ``context.LibraryContext``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from . import config
 from .audio import AudioInput
+from .bulk import BulkEnrollment, BulkResult, BulkVoice
 from .catalog import Catalog
 from .checker import Checker
 from .conditionals import ConditionalsStore
@@ -71,6 +73,7 @@ class VoiceDB:
         self._matcher = Matcher(self._ctx, self._catalog)
         self._conditionals = ConditionalsStore(self._ctx, self._catalog)
         self._enrollment = Enrollment(self._ctx, self._catalog, self._conditionals, self._matcher)
+        self._bulk = BulkEnrollment(self._ctx, self._catalog, self._conditionals)
         self._synthesizer = Synthesizer(self._ctx, self._catalog, self._conditionals)
         self._portability = Portability(self._ctx, self._catalog, self._conditionals, self._enrollment)
 
@@ -178,6 +181,26 @@ class VoiceDB:
         )
 
     # -- matching -----------------------------------------------------------------------------
+    def add_many(
+        self,
+        voices: Iterable[BulkVoice],
+        *,
+        model: str = "english",
+        conditionals: bool = False,
+        workers: int | None = None,
+        progress: ProgressHook | None = None,
+    ) -> BulkResult:
+        """Enroll many voices: ``bulk.VoiceTree(dir)`` (one per subdirectory), ``bulk.read_manifest(csv)``,
+        or any ``BulkVoice`` objects.
+
+        ``workers`` processes (default: one per CPU) decode and embed; voices are written in groups,
+        so an interrupted run keeps what it wrote, and running it again skips voices whose name is
+        taken. A voice with unusable clips is enrolled from the others (``warnings``); one with none,
+        or with a clip already enrolled, is ``refused``. Conditionals for ``model`` are derived on
+        first use unless ``conditionals``.
+        """
+        return self._bulk.add_many(voices, model=model, conditionals=conditionals, workers=workers, progress=progress)
+
     def embed(self, audio: AudioInput) -> np.ndarray:
         """The speaker embedding of one clip (float32, (256,), L2-normalised)."""
         return self._matcher.embed(audio)

@@ -134,10 +134,17 @@ class VoiceEncoder:
 
     def embed(self, wav_16k: np.ndarray) -> np.ndarray:
         """Utterance embedding of one clip at 16 kHz: L2-normalised float32 of shape (256,)."""
-        windows = partials(melspectrogram(trimmed(np.asarray(wav_16k, dtype=np.float32))))
-        embedded = [self._forward(windows[start : start + BATCH]) for start in range(0, len(windows), BATCH)]
-        mean = np.concatenate(embedded).mean(axis=0)
-        return (mean / np.linalg.norm(mean)).astype(np.float32)
+        return self.embed_many([wav_16k])[0]
+
+    def embed_many(self, wavs_16k: list[np.ndarray]) -> np.ndarray:
+        """(n, 256) utterance embeddings of n clips, their partials run through the network together
+        in batches of ``BATCH``: many short clips cost a few large matrix products, not many small ones."""
+        windows = [partials(melspectrogram(trimmed(np.asarray(wav, dtype=np.float32)))) for wav in wavs_16k]
+        stacked = np.concatenate(windows)
+        embedded = np.concatenate([self._forward(stacked[at : at + BATCH]) for at in range(0, len(stacked), BATCH)])
+        bounds = np.cumsum([0] + [len(w) for w in windows])
+        means = np.stack([embedded[start:end].mean(axis=0) for start, end in zip(bounds[:-1], bounds[1:])])
+        return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
 
 def load_state(path: Path) -> dict[str, np.ndarray]:
