@@ -50,8 +50,8 @@ def bomb_pt(tmp_path_factory) -> Path:
     return deflated_zeros(path, ["archive/data/0"], extra={"archive/data.pkl": b"\x80\x02}q\x00."})
 
 
-def import_with_peak_memory(home: Path, path: Path) -> tuple[subprocess.CompletedProcess, int]:
-    """``voicedb import PATH`` in a fresh process; returns it and its peak resident memory in KB."""
+def voicedb_with_peak_memory(home: Path, *args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """``voicedb ARGS`` in a fresh process; returns it and its peak resident memory in KB."""
     wrapper = (
         "import resource, subprocess, sys\n"
         "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
@@ -60,7 +60,7 @@ def import_with_peak_memory(home: Path, path: Path) -> tuple[subprocess.Complete
         "sys.exit(done.returncode)\n"
     )
     env = {**os.environ, "VOICEDB_HOME": str(home)}
-    command = [sys.executable, "-c", wrapper, sys.executable, "-m", "voicedb", "import", str(path)]
+    command = [sys.executable, "-c", wrapper, sys.executable, "-m", "voicedb", *args]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     return done, int(done.stdout.strip().splitlines()[-1])
 
@@ -69,7 +69,7 @@ def import_with_peak_memory(home: Path, path: Path) -> tuple[subprocess.Complete
 def test_a_bomb_is_refused_in_one_line_with_bounded_memory(bomb: str, tmp_path: Path, request):
     path: Path = request.getfixturevalue(bomb)
     assert path.stat().st_size < 16 << 20
-    done, peak_kb = import_with_peak_memory(tmp_path / "library", path)
+    done, peak_kb = voicedb_with_peak_memory(tmp_path / "library", "import", str(path))
     assert peak_kb < PEAK_LIMIT_KB, f"peak {peak_kb / 1024:.0f} MB"
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]

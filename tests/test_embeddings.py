@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import library_digest, list_json, run, run_fails
 from standin import StandInEngine
-from test_bombs import GIB, PEAK_LIMIT_KB
+from test_bombs import GIB, PEAK_LIMIT_KB, voicedb_with_peak_memory
 
 from voicedb import VoiceDB
 
@@ -257,16 +254,7 @@ def npz_bomb(path: Path) -> Path:
 def test_an_npz_bomb_is_refused_in_one_line_with_bounded_memory(standin: Path, tmp_path: Path):
     path = npz_bomb(tmp_path / "bomb.npz")
     assert path.stat().st_size < 16 << 20
-    wrapper = (
-        "import resource, subprocess, sys\n"
-        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "sys.stderr.write(done.stderr)\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-        "sys.exit(done.returncode)\n"
-    )
-    command = [sys.executable, "-c", wrapper, sys.executable, "-m", "voicedb", "import", "--embeddings", str(path)]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ, timeout=300)
-    peak_kb = int(done.stdout.strip().splitlines()[-1])
+    done, peak_kb = voicedb_with_peak_memory(standin, "import", "--embeddings", str(path))
     assert peak_kb < PEAK_LIMIT_KB, f"peak {peak_kb / 1024:.0f} MB"
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]

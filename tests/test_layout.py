@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
 LAYERS = [
     {"errors", "files", "faults", "records"},
     {"config"},
-    {"flavours", "audio", "speech", "bundle", "store", "locks"},
+    {"flavours", "audio", "speech", "bundle", "store", "locks", "weights"},
     {"voice_encoder"},
     {"index", "engine", "embeddings"},
     {"context"},

@@ -38,7 +38,7 @@ from .voice_encoder import VoiceEncoder, load_state
 
 #: Voices written per change: large enough that commits and index saves are rare, small enough
 #: that a crash loses little.
-GROUP_VOICES = 64
+GROUP_VOICES = 256
 GROUP_SECONDS = 5.0
 IN_FLIGHT_PER_WORKER = 4
 

@@ -41,6 +41,7 @@ from .errors import CheckpointError, ImportRejected
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour, SynthesisSettings
 from .voice_encoder import VoiceEncoder
 from .voice_encoder import load_state as load_voice_encoder_state
+from .weights import read_weights
 
 if TYPE_CHECKING:
     import torch
@@ -113,23 +114,6 @@ def _mute_upstream() -> None:
         module.print = _discard  # type: ignore[attr-defined] - shadows the builtin in that module only
         if hasattr(module, "tqdm"):
             module.tqdm = quiet_tqdm  # type: ignore[attr-defined]
-
-
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    """Read weights from ``.safetensors`` or (``weights_only``) ``.pt``; a bad file is a CheckpointError."""
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-        raise CheckpointError(f"{path} is corrupt or not a Chatterbox weights file ({exc}).") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict.")
-    return state
 
 
 def _fit(module: torch.nn.Module, state: dict[str, Any], path: Path, strict: bool = True) -> None:
@@ -352,7 +336,7 @@ class Engine:
             _mute_upstream()
             path = self.checkpoint.file(flavour, flavour.s3gen_file)
             network = S3Gen(meanflow=True) if flavour.meanflow_s3gen else S3Gen()
-            _fit(network, _load_state(path), path, strict=flavour.strict_s3gen_weights)
+            _fit(network, read_weights(path), path, strict=flavour.strict_s3gen_weights)
             return network.to(self.device).eval()
 
         return self._network(f"s3gen:{flavour.s3gen_file}", load)
@@ -405,7 +389,7 @@ class Engine:
 
             _mute_upstream()
             path = self.checkpoint.file(flavour, flavour.t3_file)
-            state = _load_state(path)
+            state = read_weights(path)
             if "model" in state:  # upstream's loaders accept this wrapped form too
                 state = state["model"][0]
             network = T3(t3_config(flavour, T3Shape.of(state)))

@@ -16,6 +16,7 @@ import numpy as np
 
 from .audio import nonsilent_frames
 from .errors import CheckpointError
+from .weights import read_weights
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -148,17 +149,5 @@ class VoiceEncoder:
 
 
 def load_state(path: Path) -> dict[str, np.ndarray]:
-    """Weights from ``.safetensors`` (NumPy only) or, for the multilingual layout's ``ve.pt``, torch."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            return load_file(str(path))
-        import torch
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-        raise CheckpointError(f"{path} is corrupt or not a Chatterbox weights file ({exc}).") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict.")
-    return {key: value.float().numpy() for key, value in state.items() if hasattr(value, "numpy")}
+    """The encoder's weights as NumPy arrays (torch is imported only for the multilingual layout's ``ve.pt``)."""
+    return read_weights(path, as_numpy=True)
