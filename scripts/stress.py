@@ -97,7 +97,9 @@ def crash_harness(runs: int, env: dict[str, str], work: Path) -> dict[str, int]:
     expected_names = {f"v{n}" for n in range(runs)}
     for n in range(runs):
         if f"v{n}" in present:
-            hits = json.loads(voicedb("match", str(clips[n]), "--json", "-k", "1", env=env).stdout or "[]")
+            hits = json.loads(voicedb("match", str(clips[n]), "--json", "-k", "1", env=env).stdout or "{}").get(
+                "matches"
+            )
             failures += not hits or hits[0]["name"] != f"v{n}"
     return {
         "runs": runs,

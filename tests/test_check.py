@@ -64,7 +64,7 @@ def test_embeddings_from_another_encoder_are_refused_then_re_embedded_by_repair(
     assert "another voice-encoder checkpoint" in line
     repaired = run("--checkpoint", str(other), "check", "--repair")
     assert repaired.exit_code == 0 and "another voice-encoder checkpoint" in repaired.stdout
-    hits = json.loads(run("--checkpoint", str(other), "match", str(clip), "--json").stdout)
+    hits = json.loads(run("--checkpoint", str(other), "match", str(clip), "--json").stdout)["matches"]
     assert hits[0]["name"] == "alice" and hits[0]["score"] > 0.99
 
 
@@ -80,12 +80,12 @@ def test_an_index_holding_other_voices_is_reported_and_rebuilt(home: Path, speak
         pks, vectors = db.context.store.all_vectors(session)
         generation = db.context.store.generation(session)
     db.context.index.files.save(new_index(pks + 100, vectors), generation)  # right count and stamp, wrong ids
-    hits = json.loads(run("match", str(clips[1]), "--json").stdout)  # match notices and rebuilds in memory
+    hits = json.loads(run("match", str(clips[1]), "--json").stdout)["matches"]  # match notices and rebuilds in memory
     assert hits[0]["name"] == "bob"
     db.context.index.files.save(new_index(pks + 100, vectors), generation)
     report = json.loads(run("check", "--json").stdout)
     assert [p["kind"] for p in report] == ["index"] and "other voices" in report[0]["message"]
     assert run("check", "--repair").exit_code == 0
     assert run("check").exit_code == 0
-    hits = json.loads(run("match", str(clips[1]), "--json").stdout)
+    hits = json.loads(run("match", str(clips[1]), "--json").stdout)["matches"]
     assert hits[0]["name"] == "bob"

@@ -27,14 +27,14 @@ def test_another_clip_of_each_speaker_matches_that_speaker_above_the_threshold(e
         for query in clips[1:]:
             result = run("match", str(query), "--json")
             assert result.exit_code == 0, (speaker, query, result.output)
-            hits = json.loads(result.stdout)
+            hits = json.loads(result.stdout)["matches"]
             assert hits[0]["id"] == enrolled[speaker], (query.name, hits)
             assert hits[0]["score"] >= DEFAULT_THRESHOLD
 
 
 def test_other_speakers_rank_below_and_under_the_threshold(enrolled, multi_clip_speakers):
     for speaker, clips in multi_clip_speakers.items():
-        hits = json.loads(run("match", str(clips[1]), "--all", "-k", "10", "--json").stdout)
+        hits = json.loads(run("match", str(clips[1]), "--all", "-k", "10", "--json").stdout)["matches"]
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
         others = [h for h in hits if h["id"] != enrolled[speaker]]
         assert others and all(h["score"] < DEFAULT_THRESHOLD for h in others), (speaker, hits)
@@ -50,7 +50,7 @@ def test_unknown_speaker_gives_no_match_and_exit_code_1(home: Path, speakers, mu
 
 def test_match_json_shape_and_k(enrolled, multi_clip_speakers):
     query = next(iter(multi_clip_speakers.values()))[1]
-    hits = json.loads(run("match", str(query), "--all", "-k", "2", "--json").stdout)
+    hits = json.loads(run("match", str(query), "--all", "-k", "2", "--json").stdout)["matches"]
     assert len(hits) == 2
     assert all(set(h) >= {"id", "name", "score"} for h in hits)
     listed = list_json()
@@ -66,12 +66,12 @@ def test_text_output_lists_scores_best_first(enrolled, multi_clip_speakers):
 
 def test_index_is_rebuilt_from_sqlite_when_deleted_or_corrupt(enrolled, multi_clip_speakers, home: Path):
     speaker, clips = next(iter(multi_clip_speakers.items()))
-    expected = json.loads(run("match", str(clips[1]), "--json").stdout)
+    expected = json.loads(run("match", str(clips[1]), "--json").stdout)["matches"]
     (home / "index.faiss").unlink()
-    assert json.loads(run("match", str(clips[1]), "--json").stdout) == expected
+    assert json.loads(run("match", str(clips[1]), "--json").stdout)["matches"] == expected
     assert (home / "index.faiss").exists()
     (home / "index.faiss").write_bytes(b"garbage")
-    assert json.loads(run("match", str(clips[1]), "--json").stdout) == expected
+    assert json.loads(run("match", str(clips[1]), "--json").stdout)["matches"] == expected
 
 
 def test_a_stale_index_is_detected_by_its_generation(enrolled, multi_clip_speakers, home: Path):
@@ -80,11 +80,11 @@ def test_a_stale_index_is_detected_by_its_generation(enrolled, multi_clip_speake
     speaker, clips = next(iter(multi_clip_speakers.items()))
     query = str(clips[1])
     stale = (home / "index.faiss").read_bytes(), (home / "index.json").read_bytes()
-    before = json.loads(run("match", query, "--all", "--json").stdout)
+    before = json.loads(run("match", query, "--all", "--json").stdout)["matches"]
     assert run("add", str(clips[1]), "--voice", speaker, "--no-conditionals").exit_code == 0  # moves its vector
     (home / "index.faiss").unlink()
-    fresh = json.loads(run("match", query, "--all", "--json").stdout)  # rebuilt from SQLite
+    fresh = json.loads(run("match", query, "--all", "--json").stdout)["matches"]  # rebuilt from SQLite
     assert fresh[0]["score"] > before[0]["score"] + 0.01  # the query clip is now part of the voice
     (home / "index.faiss").write_bytes(stale[0])
     (home / "index.json").write_bytes(stale[1])
-    assert json.loads(run("match", query, "--all", "--json").stdout) == fresh
+    assert json.loads(run("match", query, "--all", "--json").stdout)["matches"] == fresh

@@ -92,12 +92,12 @@ def test_rm_with_one_unknown_name_removes_nothing(home: Path, speakers):
 
 
 # 2 ------------------------------------------------------------------------------------------------
-def test_match_json_of_an_unknown_speaker_prints_an_empty_list_and_exits_1(home: Path, speakers):
+def test_match_json_of_an_unknown_speaker_prints_no_matches_and_exits_1(home: Path, speakers):
     add(speakers["librivox_ss01"][0], "reader", "--no-conditionals")
     stranger = speakers["arctic_slt"][0]
     result = run("match", str(stranger), "--json")
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout) == [] and result.stdout.strip() == "[]"
+    assert json.loads(result.stdout)["matches"] == []
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("Error: "), result.stderr
     assert "0.80 or more" in errors[0] and "unknown speaker" in errors[0]
@@ -259,7 +259,7 @@ def test_a_bundle_from_another_encoder_is_embedded_again_or_refused_without_clip
     result = run("import", str(moved), "--json")
     assert result.exit_code == 0, result.output
     imported = json.loads(result.stdout)[0]
-    hits = json.loads(run("match", str(clip), "--json").stdout)
+    hits = json.loads(run("match", str(clip), "--json").stdout)["matches"]
     assert hits[0]["id"] == imported["id"] and hits[0]["score"] > 0.99, hits
     library_encoder = show(other["id"])["encoder"]
     assert library_encoder != "0" * 64

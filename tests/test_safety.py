@@ -33,7 +33,7 @@ def assert_fully_there(home: Path, name: str, clip: Path) -> None:
     details = json.loads(run("show", name, "--json").stdout)
     assert all((home / c["file"]).is_file() for c in details["clip_files"])
     assert all((home / c["file"]).is_file() for c in details["conditionals"])
-    hits = json.loads(run("match", str(clip), "--json").stdout)
+    hits = json.loads(run("match", str(clip), "--json").stdout)["matches"]
     assert hits[0]["id"] == details["id"]
 
 
@@ -129,7 +129,7 @@ def test_parallel_writers_lose_nothing_and_duplicate_nothing(home: Path, speaker
     assert sorted(v["name"] for v in voices(home)) == sorted(c.stem for c in kept)
     assert run("check").exit_code == 0
     for clip in kept:
-        hits = json.loads(run("match", str(clip), "--json").stdout)
+        hits = json.loads(run("match", str(clip), "--json").stdout)["matches"]
         assert hits[0]["name"] == clip.stem
 
 
@@ -235,7 +235,7 @@ def test_an_imported_pt_is_found_by_match(home: Path, speakers, tmp_path: Path):
     run("export", "alice", "-o", str(exported))
     run("rm", "alice")
     assert run("import", str(exported), "--name", "alice-again").exit_code == 0
-    hits = json.loads(run("match", str(clip), "--json").stdout)
+    hits = json.loads(run("match", str(clip), "--json").stdout)["matches"]
     assert hits[0]["name"] == "alice-again" and hits[0]["score"] > 0.99
 
 
@@ -276,7 +276,7 @@ def test_unusual_rates_and_channel_counts_enroll_and_match(
     result = run("add", str(odd), "--name", speaker, "--no-conditionals")
     assert result.exit_code == 0, result.output
     assert ("8000 Hz" in result.stderr) == (rate == 8_000)
-    hits = json.loads(run("match", str(clips[1]), "--json").stdout)
+    hits = json.loads(run("match", str(clips[1]), "--json").stdout)["matches"]
     assert hits[0]["name"] == speaker
 
 

@@ -101,7 +101,7 @@ def test_rm_removes_row_index_entry_and_files(standin: Path, speakers):
     assert result.exit_code == 0 and gone["id"] in result.stdout
     assert [v["name"] for v in list_json()] == ["keep"]
     assert len(list((standin / "clips").iterdir())) == 1
-    hits = json.loads(run("match", str(b), "--all", "--json").stdout)
+    hits = json.loads(run("match", str(b), "--all", "--json").stdout)["matches"]
     assert [h["id"] for h in hits] == [keep["id"]]
 
 

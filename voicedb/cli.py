@@ -8,13 +8,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import config
 from .errors import NoMatch, VoiceDBError
 from .flavours import FLAVOURS  # the model table only: nothing here imports torch until a command needs it
+
+if TYPE_CHECKING:
+    from .records import SpeakResult
 
 
 class VoiceDBGroup(click.Group):
@@ -285,9 +288,8 @@ def add_many(
 @click.option(
     "--threshold",
     type=click.FloatRange(-1.0, 1.0),
-    default=config.DEFAULT_THRESHOLD,
-    show_default=True,
-    help="Cosine score (-1..1) a voice must reach (score >= threshold) to count as the same speaker.",
+    help="Cosine score (-1..1) a voice must reach (score >= threshold) to count as the same speaker "
+    "(default: the one `voicedb calibrate` measured on this library, else the one shipped for its voice encoder).",
 )
 @click.option("--all", "no_threshold", is_flag=True, help="List the nearest voices whatever their score.")
 @click.option("--speak", "speak_text", metavar="TEXT", help="Also speak TEXT with the best match.")
@@ -296,13 +298,18 @@ def add_many(
 )
 @click.option("--max-tokens", type=click.IntRange(1, 1000), default=1000, help="Speech-token cap for --speak.")
 @click.option("--seed", type=int, help="Random seed for --speak.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, name, score}.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print {matches: [{id, name, score, verdict}], threshold, threshold_source}.",
+)
 @click.pass_context
 def match(
     ctx: click.Context,
     clip: Path,
     k: int,
-    threshold: float,
+    threshold: float | None,
     no_threshold: bool,
     speak_text: str | None,
     output: Path | None,
@@ -312,26 +319,73 @@ def match(
 ) -> None:
     """Find the stored voices nearest to the speaker in CLIP.
 
-    Prints cosine scores, best first. Exits with status 1 and "unknown speaker" when no voice
+    Prints cosine scores, best first, each with a verdict in words: "same speaker", "probably the
+    same speaker" (just above the threshold), "possibly the same speaker, below the threshold"
+    (just below), "unknown speaker". Exits with status 1 and "unknown speaker" when no voice
     reaches the threshold.
     """
+    from .calibration import near_threshold, verdict
+
     db = library(ctx)
+    applied = db.threshold(threshold)
     try:
-        matches = db.match(clip, k=k, threshold=None if no_threshold else threshold)
-    except NoMatch:
-        if as_json:
-            emit_json([])  # scripts parse the output; the error line and exit 1 still say "unknown speaker"
+        matches = db.match(clip, k=k, threshold=None if no_threshold else applied.value)
+    except NoMatch as exc:
+        if as_json:  # scripts parse the output; the error line and exit 1 still say "unknown speaker"
+            emit_json({"matches": [], **applied.to_dict()})
+        best = exc.nearest[0] if exc.nearest else None
+        if best is not None and near_threshold(best.score, applied.value):
+            raise NoMatch(f"{str(exc).rstrip('.')}: close, so {enroll_hint(best.id)}", nearest=exc.nearest) from None
         raise
     if as_json:
-        emit_json([m.to_dict() for m in matches])
+        found = [{**m.to_dict(), "verdict": verdict(m.score, applied.value)} for m in matches]
+        emit_json({"matches": found, **applied.to_dict()})
     else:
         for m in matches:
-            click.echo(f"{m.score:6.3f}  {m.id}  {m.name}")
+            click.echo(f"{m.score:6.3f}  {m.id}  {m.name}  {verdict(m.score, applied.value)}")
+    if matches and near_threshold(matches[0].score, applied.value):
+        best = matches[0]
+        click.echo(
+            f"hint: {best.name} scores {best.score:.3f}, near the threshold {applied.value:.2f} "
+            f"({applied.source}): {enroll_hint(best.id)}",
+            err=True,
+        )
     if speak_text and matches:
         target = output or default_output_name(matches[0].name)
         with progress_bar() as hook:
             result = db.speak(matches[0].id, speak_text, output=target, max_tokens=max_tokens, seed=seed, progress=hook)
         click.echo(f"wrote {result.output} ({result.seconds:.1f} s, voice {result.voice.name})", err=as_json)
+
+
+def enroll_hint(voice_id: str) -> str:
+    """What makes a match near the threshold surer: more reference audio of the speaker."""
+    return f"enroll more and longer clips of the speaker (`voicedb add CLIP --voice {voice_id}`) for surer matches."
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Measure and print, but store nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
+@click.pass_context
+def calibrate(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Measure the threshold `match` uses on this library's own voices, and store it.
+
+    Same-speaker scores: each clip of a voice with two or more clips against the mean of its other
+    clips. Different-speaker scores: each clip against every other voice. Prints the false-reject
+    and false-accept rates at candidate thresholds and stores the one where the larger of the two
+    is smallest (the equal-error-rate point), for the library's voice encoder. Needs at least 3
+    voices with two or more clips; reads the stored embeddings, no audio.
+    """
+    result = library(ctx).calibrate(dry_run=dry_run)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    click.echo(f"{result.voices} voices: {result.same} same-speaker and {result.different} different-speaker scores")
+    click.echo("threshold  false reject  false accept")
+    for value, false_reject, false_accept in result.rates:
+        chosen = "  <- chosen" if value == result.threshold else ""
+        click.echo(f"{value:9.2f}  {false_reject:11.1%}  {false_accept:12.1%}{chosen}")
+    done = "stored for this library's voice encoder" if result.stored else "not stored (--dry-run)"
+    click.echo(f"threshold {result.threshold:.2f}: {done}")
 
 
 #: Rows whose names set the width of ``list``'s name column (the listing streams; later names may overflow it).
@@ -398,6 +452,7 @@ def show(ctx: click.Context, voice: str, as_json: bool) -> None:
         click.echo(f"  clip  {clip['file']}  ({clip['source']}, {clip['seconds']} s, {clip['sample_rate']} Hz)")
     for conds in details["conditionals"]:
         click.echo(f"  conds {conds['file']}  ({conds['model']})")
+    click.echo(f"{'threshold:':<12}{details['threshold']:.2f} ({details['threshold_source']})")
 
 
 @cli.command()
@@ -478,6 +533,19 @@ def remove(ctx: click.Context, voices: tuple[str, ...]) -> None:
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature.")
 @click.option("--seed", type=int, help="Random seed: the same seed gives the same audio.")
 @MAX_TOKENS_OPTION
+@click.option("--verify", is_flag=True, help="Report how close the speech sounds to the voice (voice-encoder cosine).")
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1.0, 1.0),
+    metavar="X",
+    help="Verify, and synthesise again with the next seed while the similarity is below X; keep the best.",
+)
+@click.option(
+    "--attempts",
+    type=click.IntRange(1),
+    metavar="N",
+    help="Syntheses at most for --min-similarity (default 3).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def speak(
@@ -493,6 +561,9 @@ def speak(
     temperature: float,
     seed: int | None,
     max_tokens: int,
+    verify: bool,
+    min_similarity: float | None,
+    attempts: int | None,
     as_json: bool,
 ) -> None:
     """Speak TEXT in a stored voice, from its saved conditionals.
@@ -500,9 +571,15 @@ def speak(
     TEXT comes from the argument, --file, or stdin. Long text is split at sentence boundaries and
     the pieces joined with short pauses. Writes 24 kHz audio in the format the file name asks for
     and prints its path.
+
+    --verify embeds the speech with the voice encoder and prints its cosine similarity to the
+    voice. --min-similarity X tries seeds S, S+1, ... (S: --seed, else random) up to --attempts
+    times until one reaches X, keeps the best, and says which attempt and seed won.
     """
     if text is not None and text_file is not None:
         raise click.UsageError("give TEXT or --file, not both.")
+    if attempts is not None and min_similarity is None:
+        raise click.UsageError("--attempts retries below --min-similarity: give both.")
     if text is None:
         if text_file is None and sys.stdin.isatty():
             raise click.UsageError("give TEXT, --file, or pipe text on stdin.")
@@ -522,14 +599,28 @@ def speak(
             max_tokens=max_tokens,
             seed=seed,
             progress=hook,
+            verify=verify,
+            min_similarity=min_similarity,
+            attempts=attempts or (3 if min_similarity is not None else 1),
         )
     if as_json:
         emit_json(result.to_dict())
-    else:
-        click.echo(
-            f"wrote {result.output} ({result.seconds:.1f} s, {result.chunks} chunk"
-            f"{'s' * (result.chunks != 1)}, voice {result.voice.name})"
-        )
+        return
+    click.echo(
+        f"wrote {result.output} ({result.seconds:.1f} s, {result.chunks} chunk"
+        f"{'s' * (result.chunks != 1)}, voice {result.voice.name})"
+    )
+    if result.similarity is not None:
+        click.echo(f"similarity to the voice: {result.similarity:.3f}{attempts_summary(result, min_similarity)}")
+
+
+def attempts_summary(result: SpeakResult, min_similarity: float | None) -> str:
+    """Which attempt won and which seeds were tried, when ``--min-similarity`` allowed retries."""
+    if min_similarity is None:
+        return ""
+    tried = ", ".join(f"seed {t.seed}: {t.similarity:.3f}" for t in result.tries)
+    reached = "reached" if result.similarity >= min_similarity else "best of all; none reached"
+    return f" (attempt {result.attempt} of {len(result.tries)}, {reached} {min_similarity:.2f}; {tried})"
 
 
 @cli.command()

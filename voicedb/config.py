@@ -17,6 +17,27 @@ INDEX_EXACT_MAX_ENV = "VOICEDB_INDEX_EXACT_MAX"
 #: ``scripts/measure_threshold.py`` (see README, "Choosing the threshold").
 DEFAULT_THRESHOLD = 0.80
 
+#: Shipped thresholds per voice-encoder checkpoint, keyed by the SHA-256 of its weights file: the scores of
+#: two encoders are not comparable. ``match`` uses the one of the library's encoder unless the library was
+#: calibrated (``voicedb calibrate``) or a threshold is given; an encoder missing here gets
+#: ``DEFAULT_THRESHOLD``. The official ``ResembleAI/chatterbox`` ``ve.safetensors`` belongs here with the
+#: value measured for it on the development set; until its digest is recorded it gets ``DEFAULT_THRESHOLD``.
+SHIPPED_THRESHOLDS: dict[str, float] = {
+    # the offline test checkpoint (Resemblyzer's weights, written by scripts/make_test_checkpoint.py)
+    "f1a77fed4fd9f7dbc44309f860088830d38e037f30494c6e51315f109c38e648": 0.80,
+}
+
+#: Scores this close to the threshold are uncertain: ``match`` words them "probably" (above) and "possibly"
+#: (below) rather than "same speaker" and "unknown speaker", and suggests enrolling more audio.
+VERDICT_MARGIN = 0.05
+
+#: ``calibrate`` needs this many voices with two or more clips (same-speaker scores of several speakers).
+MIN_CALIBRATION_VOICES = 3
+
+#: ``calibrate`` scores at most this many voices (taken evenly across the library), bounding its time and
+#: memory: different-speaker scores grow with clips x voices.
+MAX_CALIBRATION_VOICES = 2000
+
 #: Only this much of each clip is analysed, so that a two-hour file costs bounded memory and time.
 MAX_ANALYSED_SECONDS = 300.0
 

@@ -5,6 +5,7 @@
 ``enroll``         add and extend voices, the quality gate, re-embedding
 ``bulk``           many voices at once, in worker processes, resumable
 ``matching``       embed a query, check the encoder, search, threshold
+``calibration``    which threshold applies; ``calibrate``; verdicts in words
 ``conditionals``   derive, save, load, and tell outdated conditionals
 ``synthesis``      text to audio with a voice's conditionals
 ``portability``    ``.pt`` files, ``.voicedb`` bundles, backups
@@ -19,13 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from . import config
 from .audio import AudioInput
 from .bulk import BulkEnrollment, BulkResult, BulkVoice
+from .calibration import Thresholds
 from .catalog import Catalog
 from .checker import Checker
 from .conditionals import ConditionalsStore
@@ -34,7 +36,7 @@ from .enroll import Enrollment
 from .flavours import SynthesisSettings
 from .matching import Matcher
 from .portability import Portability
-from .records import AddResult, Match, Problem, SpeakResult, Voice
+from .records import AddResult, Calibration, Match, Problem, SpeakResult, Threshold, Voice
 from .synthesis import SpeechStream, Synthesizer
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ class VoiceDB:
         )
         self._catalog = Catalog(self._ctx)
         self._matcher = Matcher(self._ctx, self._catalog)
+        self._thresholds = Thresholds(self._ctx, self._catalog)
         self._conditionals = ConditionalsStore(self._ctx, self._catalog)
         self._enrollment = Enrollment(self._ctx, self._catalog, self._conditionals, self._matcher)
         self._bulk = BulkEnrollment(self._ctx, self._catalog, self._conditionals)
@@ -120,8 +123,9 @@ class VoiceDB:
         return self._catalog.get(ref)
 
     def details(self, ref: str) -> dict[str, Any]:
-        """Everything stored about a voice: what ``voicedb show`` prints."""
-        return self._catalog.details(ref)
+        """Everything stored about a voice, and the threshold ``match`` applies with where it comes from
+        (``threshold``, ``threshold_source``): what ``voicedb show`` prints."""
+        return {**self._catalog.details(ref), **self.threshold().to_dict()}
 
     def vector(self, ref: str) -> np.ndarray:
         """A voice's stored embedding, the one matching uses (float32, (256,), L2-normalised)."""
@@ -205,10 +209,27 @@ class VoiceDB:
         """The speaker embedding of one clip (float32, (256,), L2-normalised)."""
         return self._matcher.embed(audio)
 
-    def match(self, audio: AudioInput, k: int = 5, threshold: float | None = config.DEFAULT_THRESHOLD) -> list[Match]:
+    def match(
+        self, audio: AudioInput, k: int = 5, threshold: float | Literal["library"] | None = "library"
+    ) -> list[Match]:
         """The ``k`` stored voices nearest to the speaker in ``audio``, best first; voices below
-        ``threshold`` are left out, and ``NoMatch`` is raised when none is left (unknown speaker)."""
+        ``threshold`` (by default the library's: see ``threshold()``; ``None``: none) are left out, and
+        ``NoMatch`` is raised when none is left (unknown speaker)."""
+        if threshold == "library":
+            threshold = self.threshold().value
         return self._matcher.match(audio, k=k, threshold=threshold)
+
+    def threshold(self, given: float | None = None) -> Threshold:
+        """The threshold ``match`` applies, and where it comes from: ``given``; else the one ``calibrate``
+        stored for the library's voice encoder; else the one shipped for that encoder; else
+        ``config.DEFAULT_THRESHOLD``. ``Threshold.source`` says which in words."""
+        return self._thresholds.resolve(given)
+
+    def calibrate(self, *, dry_run: bool = False) -> Calibration:
+        """Measure the library's own same-speaker (leave one clip out) and different-speaker scores from the
+        stored clip embeddings, choose the equal-error-rate threshold, and store it for the library's voice
+        encoder (not with ``dry_run``). Too few voices with two or more clips raise ``VoiceDBError``."""
+        return self._thresholds.calibrate(dry_run=dry_run)
 
     def match_vector(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Match]:
         """Like ``match`` for an embedding computed elsewhere (256 floats from this library's voice
@@ -235,6 +256,9 @@ class VoiceDB:
         seed: int | None = None,
         settings: SynthesisSettings | None = None,
         progress: ProgressHook | None = None,
+        verify: bool = False,
+        min_similarity: float | None = None,
+        attempts: int = 1,
     ) -> SpeakResult:
         """Synthesise ``text`` with a voice's saved conditionals; returns the audio (float32, 24 kHz).
 
@@ -242,6 +266,11 @@ class VoiceDB:
         ``output`` the audio is also written, in the format its suffix names (.wav, .flac, .mp3,
         .ogg/.opus). The same ``seed`` gives the same audio, whatever other threads are doing.
         ``settings`` replaces the individual sampling arguments.
+
+        ``verify`` embeds the audio with the voice encoder and reports its cosine to the voice's vector
+        (``SpeakResult.similarity``). ``min_similarity`` (implies ``verify``) synthesises again with the
+        next seed (``seed``, ``seed + 1``, ...; a random start without one) until the audio reaches it or
+        ``attempts`` are made, and keeps the best (``SpeakResult.attempt``, ``tries``).
         """
         settings = settings or SynthesisSettings(
             exaggeration=exaggeration,
@@ -251,7 +280,16 @@ class VoiceDB:
             language=language,
         )
         return self._synthesizer.speak(
-            ref, text, model=model, settings=settings, seed=seed, output=output, progress=progress
+            ref,
+            text,
+            model=model,
+            settings=settings,
+            seed=seed,
+            output=output,
+            progress=progress,
+            verify=verify,
+            min_similarity=min_similarity,
+            attempts=attempts,
         )
 
     def speak_stream(

@@ -44,6 +44,46 @@ class Match:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """The cosine score ``match`` requires, and where it came from: ``kind`` is ``"argument"`` (given by the
+    caller), ``"calibrated"`` (``voicedb calibrate`` on this library), ``"shipped"`` (measured for this voice
+    encoder) or ``"default"`` (an encoder nobody measured); ``source`` says so in words."""
+
+    value: float
+    kind: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.value, "threshold_source": self.source}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``calibrate`` measured: score counts, error rates (``rates``: threshold, false-reject rate,
+    false-accept rate) at candidate thresholds, the chosen ``threshold`` and whether it was stored."""
+
+    threshold: float
+    voices: int
+    same: int
+    different: int
+    rates: list[tuple[float, float, float]]
+    stored: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "voices": self.voices,
+            "same_speaker_scores": self.same,
+            "different_speaker_scores": self.different,
+            "rates": [
+                {"threshold": t, "false_reject": round(frr, 4), "false_accept": round(far, 4)}
+                for t, frr, far in self.rates
+            ],
+            "stored": self.stored,
+        }
+
+
+@dataclass(frozen=True)
 class AddResult:
     """What ``add`` did: the voice, whether it is new, which clips went in, and quality warnings."""
 
@@ -70,13 +110,18 @@ class SpeakResult:
     sample_rate: int
     chunks: int
     output: Path | None = None
+    #: With verification: the cosine between the audio's embedding and the voice's, and which attempt
+    #: (1-based, of ``tries``) gave the audio kept.
+    similarity: float | None = None
+    attempt: int | None = None
+    tries: list[Attempt] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
         return len(self.audio) / self.sample_rate
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "voice": self.voice.id,
             "name": self.voice.name,
             "output": str(self.output) if self.output else None,
@@ -84,6 +129,21 @@ class SpeakResult:
             "sample_rate": self.sample_rate,
             "chunks": self.chunks,
         }
+        if self.similarity is not None:
+            data.update(
+                similarity=round(self.similarity, 4),
+                attempt=self.attempt,
+                attempts=[{"seed": t.seed, "similarity": round(t.similarity, 4)} for t in self.tries],
+            )
+        return data
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One synthesis of a verified ``speak``: its seed (``None``: unseeded) and the similarity it reached."""
+
+    seed: int | None
+    similarity: float
 
 
 @dataclass(frozen=True)

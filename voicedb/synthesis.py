@@ -4,6 +4,7 @@ when the caller names one."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,8 +15,9 @@ from .catalog import Catalog
 from .conditionals import ConditionalsStore
 from .context import LibraryContext
 from .engine import S3GEN_SR
+from .errors import VoiceDBError
 from .flavours import SynthesisSettings, flavour_named
-from .records import SpeakResult, Voice
+from .records import Attempt, SpeakResult, Voice
 from .speech import output_format, pause, split_text, write_audio
 
 ProgressHook = Callable[[int, int, str], None]
@@ -37,18 +39,59 @@ class Synthesizer:
         seed: int | None,
         output: str | os.PathLike[str] | None,
         progress: ProgressHook | None,
+        verify: bool = False,
+        min_similarity: float | None = None,
+        attempts: int = 1,
     ) -> SpeakResult:
+        """Synthesise, and with ``verify`` score the audio against the voice; with ``min_similarity`` try
+        consecutive seeds until one reaches it or ``attempts`` are made, keeping the best (see ``VoiceDB.speak``)."""
         if output is not None:
             output_format(Path(output))  # refuse an unknown suffix before the slow part
-        stream = self.stream(ref, text, model=model, settings=settings, seed=seed, progress=progress)
-        audio = np.concatenate(list(stream))  # split_text never returns no chunks
+        seeds = self._seeds(seed, min_similarity, attempts)
+        verify = verify or min_similarity is not None
+        if verify:  # a score against another encoder's vector would mean nothing
+            self.ctx.check_encoder(self.ctx.engine.encoder_checksum)
+        made: list[tuple[float | None, int, np.ndarray]] = []  # (similarity, attempt, audio)
+        for number, attempt_seed in enumerate(seeds, 1):
+            stream = self.stream(ref, text, model=model, settings=settings, seed=attempt_seed, progress=progress)
+            audio = np.concatenate(list(stream))  # split_text never returns no chunks
+            similarity = self.similarity(stream.voice, audio) if verify else None
+            made.append((similarity, number, audio))
+            if similarity is None or min_similarity is None or similarity >= min_similarity:
+                break
+        similarity, number, audio = max(made, key=lambda one: one[0] or 0.0)  # the first of equals
         written = None
         if output is not None:
             if progress:
                 progress(len(stream.chunks), len(stream.chunks), "writing")
             written = Path(output)
             write_audio(written, audio, S3GEN_SR)
-        return SpeakResult(stream.voice, audio, S3GEN_SR, len(stream.chunks), written)
+        if similarity is None:
+            return SpeakResult(stream.voice, audio, S3GEN_SR, len(stream.chunks), written)
+        tries = [Attempt(tried, score) for tried, (score, _, _) in zip(seeds, made, strict=False) if score is not None]
+        return SpeakResult(stream.voice, audio, S3GEN_SR, len(stream.chunks), written, similarity, number, tries)
+
+    @staticmethod
+    def _seeds(seed: int | None, min_similarity: float | None, attempts: int) -> list[int | None]:
+        """The seed of each attempt: one attempt with ``seed`` as given, or, to retry below ``min_similarity``,
+        consecutive seeds from ``seed`` (a random one when none is given, so the result names its seed)."""
+        if attempts < 1:
+            raise VoiceDBError("attempts must be at least 1.")
+        if min_similarity is None:
+            if attempts > 1:
+                raise VoiceDBError("more attempts than one need a minimum similarity to retry below.")
+            return [seed]
+        if not -1.0 <= min_similarity <= 1.0:
+            raise VoiceDBError(f"minimum similarity {min_similarity} is not a cosine score; choose one from -1 to 1.")
+        start = secrets.randbelow(2**31) if seed is None else seed
+        return [start + n for n in range(attempts)]
+
+    def similarity(self, voice: Voice, audio_24k: np.ndarray) -> float:
+        """Cosine between the voice encoder's embedding of synthesised audio and the voice's stored vector."""
+        from .audio import to_16k
+
+        embedding = self.ctx.engine.embed(to_16k(audio_24k))
+        return float(np.clip(embedding @ self.catalog.vector(voice.id), -1.0, 1.0))
 
     def stream(
         self,

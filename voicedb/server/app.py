@@ -27,11 +27,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import config
 from ..audio import AudioSource
+from ..calibration import verdict
 from ..errors import NoMatch, VoiceNotFound
 from ..flavours import FLAVOURS, SynthesisSettings
 from ..library import VoiceDB
+from ..records import Match, Threshold
 from . import errors
 from .encoding import FORMATS, SAMPLE_RATE, StreamEncoder, change_speed
 from .jobs import JobTimeout, WorkQueue
@@ -309,19 +310,26 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
     ) -> dict[str, Any]:
         """``matches``: the voices at or above the threshold, best first, as ``voicedb match --json``;
-        ``matched``: whether any did; ``nearest``: the ``k`` nearest whatever their score."""
+        ``matched``: whether any did; ``nearest``: the ``k`` nearest whatever their score; each with a
+        ``verdict`` in words. ``threshold``: the one given, else the library's (``threshold_source`` says
+        which: calibrated, or shipped for its voice encoder)."""
         source = AudioSource(file.filename or "upload", data=await file.read())
-        limit = config.DEFAULT_THRESHOLD if threshold is None else threshold
-        try:
-            nearest = await uploads.run(lambda: db.match(source, k=k, threshold=None))
-        except NoMatch:  # an empty library
-            nearest = []
-        passed = [m for m in nearest if m.score >= limit]
+
+        def nearest_and_threshold() -> tuple[list[Match], Threshold]:
+            applied = db.threshold(threshold)
+            try:
+                return db.match(source, k=k, threshold=None), applied
+            except NoMatch:  # an empty library
+                return [], applied
+
+        nearest, applied = await uploads.run(nearest_and_threshold)
+        judged = [{**m.to_dict(), "verdict": verdict(m.score, applied.value)} for m in nearest]
+        passed = [m for m, found in zip(judged, nearest, strict=True) if found.score >= applied.value]
         return {
-            "matches": [m.to_dict() for m in passed],
+            "matches": passed,
             "matched": bool(passed),
-            "threshold": limit,
-            "nearest": [m.to_dict() for m in nearest],
+            **applied.to_dict(),
+            "nearest": judged,
         }
 
     return app
