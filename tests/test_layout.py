@@ -17,7 +17,7 @@ LAYERS = [
     {"context"},
     {"catalog"},
     {"matching", "conditionals"},
-    {"synthesis", "enroll", "bulk"},
+    {"synthesis", "enroll", "bulk", "calibration"},
     {"portability", "checker"},
     {"library"},
     {"server"},  # the package voicedb/server: HTTP over the library

@@ -38,19 +38,25 @@ def verdict(score: float, threshold: float) -> str:
     """How sure a match is, in words: clear of the threshold by ``config.VERDICT_MARGIN`` it is "same
     speaker" above and "unknown speaker" below; within the margin "probably" (at or above the threshold,
     so it counts) or "possibly" (below it, so it does not)."""
-    margin = config.VERDICT_MARGIN
-    if score >= threshold + margin:
+    margin, above = config.VERDICT_MARGIN, distance(score, threshold)
+    if above >= margin:
         return "same speaker"
-    if score >= threshold:
+    if above >= 0:
         return "probably the same speaker"
-    if score >= threshold - margin:
+    if above >= -margin:
         return "possibly the same speaker, below the threshold"
     return "unknown speaker"
 
 
+def distance(score: float, threshold: float) -> float:
+    """How far a score lies above the threshold, to the precision scores are printed with (so that 0.85 is
+    0.05 above 0.80, whatever binary floating point makes of the difference)."""
+    return round(score - threshold, 6)
+
+
 def near_threshold(score: float, threshold: float) -> bool:
     """Whether a score is too close to the threshold for a sure answer (what more enrolled audio helps)."""
-    return abs(score - threshold) < config.VERDICT_MARGIN
+    return abs(distance(score, threshold)) < config.VERDICT_MARGIN
 
 
 def error_rates(same: np.ndarray, different: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -68,9 +74,9 @@ def equal_error_threshold(same: np.ndarray, different: np.ndarray) -> float:
     scores = np.unique(np.concatenate([same, different]))
     cuts = np.concatenate([[scores[0] - 1e-3], (scores[:-1] + scores[1:]) / 2, [scores[-1] + 1e-3]])
     false_reject = np.searchsorted(np.sort(same), cuts, side="left") / len(same)
-    false_accept = 1.0 - np.searchsorted(np.sort(different), cuts, side="left") / len(different)
+    false_accept = (len(different) - np.searchsorted(np.sort(different), cuts, side="left")) / len(different)
     worst = np.maximum(false_reject, false_accept)
-    best = np.flatnonzero(worst == worst.min())
+    best = np.flatnonzero(np.isclose(worst, worst.min(), rtol=0.0, atol=1e-12))
     return float((cuts[best[0]] + cuts[best[-1]]) / 2)
 
 
