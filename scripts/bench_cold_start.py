@@ -4,8 +4,10 @@ the same run: each figure is the median of fresh processes.
     python scripts/bench_cold_start.py CHECKPOINT_DIR [--runs 5] [--clip tests/data/speech/ami_fee078_2.flac]
 
 voicedb: decoding with libsndfile and soxr, the NumPy voice encoder (no torch, librosa or scipy).
-Baseline: what ``match`` did before, ``librosa.load`` and upstream's torch ``VoiceEncoder``
-(``embeds_from_wavs``), with the same library and FAISS search.
+Baseline: the pipeline ``match`` ran before, ``librosa.load`` and upstream's torch ``VoiceEncoder``
+(``embeds_from_wavs``), with the same library and FAISS search; the class is imported through
+``chatterbox/__init__``, which the old command avoided, so its encoder load is heavier than the old
+command's was.
 """
 
 from __future__ import annotations
