@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from benchutil import device_name, free_port
+from benchutil import device_name, serving_in_thread
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech"
 TEXT = "The first sentence of this benchmark is spoken here, at some length, as one chunk. " * 3 + (
@@ -38,7 +37,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
-    import uvicorn
 
     from voicedb import VoiceDB
     from voicedb.flavours import SynthesisSettings
@@ -61,32 +59,21 @@ def main() -> None:
             samples = len(first) + sum(len(piece) for piece in pieces)
             return first_s, time.perf_counter() - started, samples / 24_000
 
-        app = create_app(db, ServerSettings(max_tokens=args.max_tokens))
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-
         def served(n: int) -> tuple[float, float, float]:
             body = {"model": "tts-1", "voice": voices[n % 2], "input": TEXT, "response_format": "pcm", "seed": n}
             started = time.perf_counter()
             first = None
             size = 0
-            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/audio/speech", json=body, timeout=600) as r:
+            with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=600) as r:
                 r.raise_for_status()
                 for data in r.iter_bytes():
                     first = first or time.perf_counter() - started
                     size += len(data)
             return first or 0.0, time.perf_counter() - started, size / 2 / 24_000
 
-        try:
+        with serving_in_thread(create_app(db, ServerSettings(max_tokens=args.max_tokens))) as url:
             direct(0), served(0)  # warm-up: every network loaded, kernels chosen for these shapes
             rows = [(direct(n), served(n)) for n in range(args.requests)]  # interleaved: drift hits both
-        finally:
-            server.should_exit = True
-            thread.join(30)
         db.close()
 
     def medians(rows: list[tuple[float, float, float]]) -> tuple[float, ...]:

@@ -21,7 +21,6 @@ import resource
 import struct
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 SPEECH = ROOT / "tests" / "data" / "speech"
 
-from benchutil import free_port  # noqa: E402
+from benchutil import serving_in_thread  # noqa: E402
 
 
 @dataclass
@@ -310,24 +309,12 @@ def fuzz_npz(examples: int, at: int, seed_file: bytes, scratch: Path) -> Tally:
 
 @contextmanager
 def serving(home: Path, checkpoint: Path | None) -> Iterator[str]:
-    import uvicorn
-
     from voicedb import VoiceDB
     from voicedb.server import ServerSettings, create_app
 
     with VoiceDB(home, checkpoint=checkpoint, device="cpu") as db:
-        app = create_app(db, ServerSettings(max_tokens=4, timeout=60))
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(30)
+        with serving_in_thread(create_app(db, ServerSettings(max_tokens=4, timeout=60)), "critical") as url:
+            yield url
 
 
 SPEECH_FIELDS = ["model", "input", "voice", "response_format", "speed", "stream_format", "exaggeration", "seed"]
