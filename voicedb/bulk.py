@@ -218,7 +218,6 @@ class BulkEnrollment:
         encoder_path = engine.voice_encoder_path()
         total = len(voices) if hasattr(voices, "__len__") else 0
         result = BulkResult()
-        handled = 0
         ready: list[Analysed] = []
         last_write = time.monotonic()
         workers = workers or os.cpu_count() or 1
@@ -297,8 +296,8 @@ class BulkEnrollment:
                 for clip in analysed.clips:
                     change.keep_clip(row, clip.kept, lambda temp, source=clip.path: shutil.copyfile(source, temp))
                     result.quality += clip.warnings
-                if id(analysed) in prepared and prepared[id(analysed)] is not None:
-                    self.conditionals.save(change, row, prepared[id(analysed)])
+                if (conditionals := prepared.get(id(analysed))) is not None:
+                    self.conditionals.save(change, row, conditionals)
                 added.append(row)
             crash_point("add-many:group-written")
             change.session.flush()
