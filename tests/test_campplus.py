@@ -1,0 +1,108 @@
+"""CAM++, the second speaker encoder: 3D-Speaker's embeddings from the official weights, speakers told
+apart on real speech, clear errors for wrong weights and short clips, and no torch until it is used."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from voicedb.audio import load_clip
+from voicedb.campplus import CAMPPLUS_FILE, SHA256, CamPlusPlus, load_campplus
+from voicedb.engine import Checkpoint, Engine
+from voicedb.errors import AudioError, CheckpointError
+
+#: 3D-Speaker's own ``CAMPPlus`` and ``FBank(80, 16000, mean_nor=True)`` on ``arctic_slt_1.flac`` with the
+#: official weights, L2-normalised: its first eight and last four values (computed once, outside the repo).
+REFERENCE_SLT_HEAD = [-0.1123773, 0.0773229, 0.0263091, -0.0141134, -0.0056891, -0.081941, 0.0516855, 0.0582875]
+REFERENCE_SLT_TAIL = [-0.0170233, -0.1845611, -0.0978517, 0.0142982]
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint: Path) -> CamPlusPlus:
+    return load_campplus(checkpoint / CAMPPLUS_FILE)
+
+
+def test_embedding_equals_3d_speakers_reference(model: CamPlusPlus, speakers):
+    samples, rate = soundfile.read(speakers["arctic_slt"][0], dtype="float32")  # as 3D-Speaker read it
+    assert rate == 16_000
+    embedded = model.embed(samples)
+    assert np.abs(embedded[:8] - REFERENCE_SLT_HEAD).max() < 1e-5
+    assert np.abs(embedded[-4:] - REFERENCE_SLT_TAIL).max() < 1e-5
+
+
+def test_embedding_is_a_deterministic_unit_vector_of_192_floats(model: CamPlusPlus, speakers):
+    wav = load_clip(speakers["librivox_ss01"][0]).wav_16k
+    first, again = model.embed(wav), model.embed(wav)
+    assert first.dtype == np.float32 and first.shape == (192,)
+    assert abs(float(np.linalg.norm(first)) - 1.0) < 1e-5
+    assert np.array_equal(first, again)
+
+
+def test_embed_many_equals_embedding_each_clip(model: CamPlusPlus, speakers):
+    wavs = [load_clip(clip).wav_16k for clip in speakers["ami_mee009"]]
+    many = model.embed_many(wavs)
+    assert many.shape == (len(wavs), 192)
+    assert np.allclose(many, np.stack([model.embed(wav) for wav in wavs]), atol=1e-6)
+    assert model.embed_many([]).shape == (0, 192)
+
+
+def test_every_same_speaker_pair_scores_above_every_different_speaker_pair(model: CamPlusPlus, speakers):
+    embedded = {
+        (name, n): model.embed(load_clip(clip).wav_16k)
+        for name, clips in speakers.items()
+        for n, clip in enumerate(clips)
+    }
+    keys = sorted(embedded)
+    pairs = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1 :]]
+    same = [float(embedded[a] @ embedded[b]) for a, b in pairs if a[0] == b[0]]
+    different = [float(embedded[a] @ embedded[b]) for a, b in pairs if a[0] != b[0]]
+    assert len(same) >= 5 and min(same) > max(different) + 0.1, (min(same), max(different))
+
+
+def test_clip_shorter_than_half_a_second_is_an_audio_error(model: CamPlusPlus):
+    with pytest.raises(AudioError, match="too short for CAM\\+\\+"):
+        model.embed(np.zeros(7_999, dtype=np.float32))
+
+
+def test_corrupt_weights_file_is_a_checkpoint_error(tmp_path: Path):
+    path = tmp_path / CAMPPLUS_FILE
+    path.write_bytes(b"not a torch file" * 100)
+    with pytest.raises(CheckpointError, match="corrupt or not a CAM\\+\\+ weights file"):
+        load_campplus(path)
+
+
+def test_weights_of_another_network_are_a_checkpoint_error(checkpoint: Path):
+    with pytest.raises(CheckpointError, match="ve.pt does not fit CAM\\+\\+"):
+        load_campplus(checkpoint / "ve.pt")  # Chatterbox's voice encoder, saved by torch.save
+
+
+def test_engine_takes_the_weights_from_the_checkpoint_directory(checkpoint: Path, speakers):
+    engine = Engine(Checkpoint(checkpoint))
+    assert engine.campplus_path() == checkpoint / CAMPPLUS_FILE
+    assert engine.campplus_checksum == SHA256
+    assert engine.campplus is engine.campplus and engine.campplus.checksum == SHA256
+
+
+def test_engine_without_the_weights_anywhere_has_no_campplus(tmp_path: Path):
+    """An empty checkpoint directory and an empty, offline hub cache: None, for the caller to fall back."""
+    code = (
+        "from pathlib import Path\n"
+        "from voicedb.engine import Checkpoint, Engine\n"
+        f"engine = Engine(Checkpoint(Path({str(tmp_path)!r})))\n"
+        "print(engine.campplus_path(), engine.campplus, engine.campplus_checksum)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout == "None None None\n", done.stderr
+
+
+def test_importing_campplus_does_not_import_torch():
+    code = "import sys, voicedb.campplus, voicedb.engine; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout == "False\n", done.stderr
