@@ -4,6 +4,7 @@ apart on real speech, clear errors for wrong weights and short clips, and no tor
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import soundfile
 
 from voicedb.audio import load_clip
-from voicedb.campplus import CAMPPLUS_FILE, SHA256, CamPlusPlus, load_campplus
+from voicedb.campplus import CAMPPLUS_FILE, HUB_REPO, SHA256, CamPlusPlus, load_campplus
 from voicedb.engine import Checkpoint, Engine
 from voicedb.errors import AudioError, CheckpointError
 
@@ -89,17 +90,49 @@ def test_engine_takes_the_weights_from_the_checkpoint_directory(checkpoint: Path
     assert engine.campplus is engine.campplus and engine.campplus.checksum == SHA256
 
 
-def test_engine_without_the_weights_anywhere_has_no_campplus(tmp_path: Path):
-    """An empty checkpoint directory and an empty, offline hub cache: None, for the caller to fall back."""
+def campplus_of_engine(directory: Path, hf_home: Path) -> str:
+    """What a fresh process's engine finds, offline: ``path checksum-prefix`` or ``None None``."""
     code = (
         "from pathlib import Path\n"
         "from voicedb.engine import Checkpoint, Engine\n"
-        f"engine = Engine(Checkpoint(Path({str(tmp_path)!r})))\n"
-        "print(engine.campplus_path(), engine.campplus, engine.campplus_checksum)\n"
+        f"engine = Engine(Checkpoint(Path({str(directory)!r})))\n"
+        "loaded = engine.campplus\n"
+        "assert (loaded is None) == (engine.campplus_checksum is None)\n"
+        "print(engine.campplus_path(), engine.campplus_checksum and engine.campplus_checksum[:8])\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0 and done.stdout == "None None None\n", done.stderr
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def hub_cache_holding(hf_home: Path, weights: Path) -> Path:
+    """A Hugging Face cache in which ``HUB_REPO``'s main revision holds ``weights`` as the CAM++ file."""
+    repo = hf_home / "hub" / f"models--{HUB_REPO.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copyfile(weights, snapshot / CAMPPLUS_FILE)
+    return snapshot / CAMPPLUS_FILE
+
+
+def test_engine_without_the_weights_anywhere_has_no_campplus(tmp_path: Path):
+    """An empty checkpoint directory and an empty hub cache, offline: None, for the caller to fall back."""
+    (tmp_path / "checkpoint").mkdir()
+    assert campplus_of_engine(tmp_path / "checkpoint", tmp_path / "hf") == "None None"
+
+
+def test_engine_takes_the_official_weights_from_the_hub_cache_when_offline(tmp_path: Path, checkpoint: Path):
+    (tmp_path / "checkpoint").mkdir()
+    cached = hub_cache_holding(tmp_path / "hf", checkpoint / CAMPPLUS_FILE)
+    assert campplus_of_engine(tmp_path / "checkpoint", tmp_path / "hf") == f"{cached} {SHA256[:8]}"
+
+
+def test_engine_refuses_other_weights_under_the_hub_name(tmp_path: Path, checkpoint: Path):
+    (tmp_path / "checkpoint").mkdir()
+    hub_cache_holding(tmp_path / "hf", checkpoint / "ve.pt")
+    assert campplus_of_engine(tmp_path / "checkpoint", tmp_path / "hf") == "None None"
 
 
 def test_importing_campplus_does_not_import_torch():

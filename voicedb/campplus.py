@@ -1,9 +1,10 @@
 """CAM++, 3D-Speaker's speaker-verification network, as a second speaker encoder for matching.
 
-Why: Chatterbox's voice encoder exists to condition synthesis; CAM++ (``CAMPPlus(feat_dim=80,
-embedding_size=192)`` from ``speakerlab/models/campplus``, trained on Chinese and English speech) tells
-speakers apart much better. The official weights are ``campplus_cn_en_common.pt`` from ModelScope's
-``iic/speech_campplus_sv_zh_en_16k-common_advanced`` (Apache-2.0).
+Why: Chatterbox's voice encoder is there to condition synthesis; CAM++ (``CAMPPlus(feat_dim=80,
+embedding_size=192)`` from ``speakerlab/models/campplus``) is trained for verification, on Chinese and
+English speakers, and matching can use it beside or instead of that encoder. The official weights
+are ``campplus_cn_en_common.pt`` from ModelScope's ``iic/speech_campplus_sv_zh_en_16k-common_advanced``
+(Apache-2.0).
 
 The network is built from torch's standard layers, named as upstream's state dict, and run by the
 functions below, so the official file loads strictly and nothing of 3D-Speaker is needed. Its
@@ -34,6 +35,8 @@ SHA256 = "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199"  # t
 #: serves is used only if its SHA-256 is the official one.
 HUB_REPO = "iic/speech_campplus_sv_zh_en_16k-common_advanced"
 
+HEAD_CHANNELS = 32  # of the 2-D convolutional front end, which halves the 80 mel bands three times
+TDNN_CHANNELS = 128
 GROWTH = 32  # channels each dense layer adds
 BOTTLENECK = 128  # channels inside each dense layer
 BLOCKS = ((12, 1), (24, 2), (16, 2))  # (layers, dilation) of the three dense blocks; kernel 3
@@ -49,15 +52,15 @@ def build_network() -> torch.nn.Module:
     def block2d(inputs: int, stride: int) -> nn.ModuleDict:
         layers = nn.ModuleDict(
             {
-                "conv1": nn.Conv2d(inputs, 32, 3, stride=(stride, 1), padding=1, bias=False),
-                "bn1": nn.BatchNorm2d(32),
-                "conv2": nn.Conv2d(32, 32, 3, padding=1, bias=False),
-                "bn2": nn.BatchNorm2d(32),
+                "conv1": nn.Conv2d(inputs, HEAD_CHANNELS, 3, stride=(stride, 1), padding=1, bias=False),
+                "bn1": nn.BatchNorm2d(HEAD_CHANNELS),
+                "conv2": nn.Conv2d(HEAD_CHANNELS, HEAD_CHANNELS, 3, padding=1, bias=False),
+                "bn2": nn.BatchNorm2d(HEAD_CHANNELS),
             }
         )
         if stride != 1:
             layers["shortcut"] = nn.Sequential(
-                nn.Conv2d(inputs, 32, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(32)
+                nn.Conv2d(inputs, HEAD_CHANNELS, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(HEAD_CHANNELS)
             )
         return layers
 
@@ -85,20 +88,20 @@ def build_network() -> torch.nn.Module:
     with torch.device("meta"):
         head = nn.ModuleDict(
             {
-                "conv1": nn.Conv2d(1, 32, 3, padding=1, bias=False),
-                "bn1": nn.BatchNorm2d(32),
-                "layer1": nn.Sequential(block2d(32, 2), block2d(32, 1)),
-                "layer2": nn.Sequential(block2d(32, 2), block2d(32, 1)),
-                "conv2": nn.Conv2d(32, 32, 3, stride=(2, 1), padding=1, bias=False),
-                "bn2": nn.BatchNorm2d(32),
+                "conv1": nn.Conv2d(1, HEAD_CHANNELS, 3, padding=1, bias=False),
+                "bn1": nn.BatchNorm2d(HEAD_CHANNELS),
+                "layer1": nn.Sequential(block2d(HEAD_CHANNELS, 2), block2d(HEAD_CHANNELS, 1)),
+                "layer2": nn.Sequential(block2d(HEAD_CHANNELS, 2), block2d(HEAD_CHANNELS, 1)),
+                "conv2": nn.Conv2d(HEAD_CHANNELS, HEAD_CHANNELS, 3, stride=(2, 1), padding=1, bias=False),
+                "bn2": nn.BatchNorm2d(HEAD_CHANNELS),
             }
         )
-        channels = 128
+        channels = TDNN_CHANNELS
         xvector = nn.ModuleDict(
             {
                 "tdnn": nn.ModuleDict(
                     {
-                        "linear": nn.Conv1d(32 * N_MELS // 8, channels, 5, stride=2, padding=2, bias=False),
+                        "linear": nn.Conv1d(HEAD_CHANNELS * N_MELS // 8, channels, 5, stride=2, padding=2, bias=False),
                         "nonlinear": norm(channels),
                     }
                 )
@@ -154,7 +157,7 @@ def forward(network: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
     for block in (*head.layer1, *head.layer2):
         x = _residual(block, x)
     x = F.relu(head.bn2(head.conv2(x)))
-    x = x.flatten(1, 2)  # channels x mel bands -> (batch, 320, frames)
+    x = x.flatten(1, 2)  # (batch, 32 channels x 10 bands, frames)
     x = F.relu(xvector.tdnn.nonlinear.batchnorm(xvector.tdnn.linear(x)))
     for number in range(1, len(BLOCKS) + 1):
         for layer in xvector[f"block{number}"].values():
@@ -202,9 +205,8 @@ class CamPlusPlus:
     def embed_many(self, wavs_16k: list[np.ndarray]) -> np.ndarray:
         """(n, 192) embeddings of n clips, one forward pass each: zero-padding a batch to one length
         would change the utterance means that the network pools, and so the embeddings."""
-        return (
-            np.stack([self.embed(wav) for wav in wavs_16k]) if wavs_16k else np.zeros((0, EMBEDDING_SIZE), np.float32)
-        )
+        embedded = [self.embed(wav) for wav in wavs_16k]
+        return np.stack(embedded) if embedded else np.empty((0, EMBEDDING_SIZE), dtype=np.float32)
 
 
 def load_campplus(path: Path, device: str = "cpu") -> CamPlusPlus:
@@ -226,14 +228,21 @@ def load_campplus(path: Path, device: str = "cpu") -> CamPlusPlus:
 
 
 def hub_path() -> Path | None:
-    """The official weights from the Hugging Face hub (or its cache, under ``HF_HUB_OFFLINE``); None when
-    they cannot be had or are not the official file, so that callers fall back to the voice encoder."""
-    try:
-        from huggingface_hub import hf_hub_download
+    """The official weights from the Hugging Face hub's cache, else downloaded (unless ``HF_HUB_OFFLINE``);
+    None when they cannot be had or are not the official file, so that callers fall back to the voice
+    encoder. One quick request first: where the hub is unreachable, ``hf_hub_download`` alone would
+    retry for half a minute."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            path = Path(hf_hub_download(repo_id=HUB_REPO, filename=CAMPPLUS_FILE))
+    try:
+        cached = try_to_load_from_cache(HUB_REPO, CAMPPLUS_FILE)
+        if isinstance(cached, str):
+            path = Path(cached)
+        else:
+            get_hf_file_metadata(hf_hub_url(HUB_REPO, CAMPPLUS_FILE), timeout=10)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                path = Path(hf_hub_download(repo_id=HUB_REPO, filename=CAMPPLUS_FILE))
     except Exception:  # noqa: BLE001 - offline, unreachable, unknown repository: all mean "not available"
         return None
     return path if sha256_file(path) == SHA256 else None
