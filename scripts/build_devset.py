@@ -479,8 +479,9 @@ CLIPS: list[Clip] = [
     ),
     # AMI participants of pyannote.audio's debug protocol that tests/data does not use. In each segment the shipped
     # RTTM annotates this participant and nobody else (silence allowed); a turn longer than 4 s may be cut in two
-    # at its quietest 10 ms step near the middle.
-    *_ami("ami_fee087", "F", [("trn07", 8.275, 20.277)]),
+    # at its quietest 10 ms step near the middle. FEE087's one long window (0-20.277 s, three turns) is cut at quiet
+    # points into three clips of 2.2-2.8 s holding 1.3-1.9 s of speech each.
+    *_ami("ami_fee087", "F", [("trn07", 7.990, 10.170), ("trn07", 15.300, 17.450), ("trn07", 17.450, 20.277)]),
     *_ami("ami_fee088", "F", [("trn08", 22.137, 26.848)]),
     *_ami("ami_feo070", "F", [("tst01", 24.159, 28.547)]),
     *_ami("ami_feo072", "F", [("tst00", 15.625, 19.006)]),
