@@ -1,31 +1,36 @@
 #!/usr/bin/env python
-"""How well speaker matching separates voices on the development set, for each preprocessing choice.
+"""How well speaker matching separates voices on the development set, for each encoder and preprocessing.
 
-    python scripts/eval_matching.py                       # tests/devset, the Resemblyzer-weights voice encoder
-    python scripts/eval_matching.py --threshold 0.75 --plot scores.png
+    python scripts/eval_matching.py                     # tests/devset with the test checkpoint's weights
+    python scripts/eval_matching.py --checkpoint DIR    # other weights (the official ve.safetensors ...)
+    python scripts/eval_matching.py --write-shipped     # record the chosen thresholds (voicedb/shipped_thresholds.json)
 
 The set (``tests/devset``, rebuilt by ``scripts/build_devset.py``) is never the clips the tests assert on, so
-a threshold chosen from these numbers is not tuned to the tests. The encoder is Chatterbox's ``VoiceEncoder``
-with the test checkpoint's weights (Resemblyzer's trained ``pretrained.pt``, ``linear.*`` renamed ``proj.*``),
-built here from the ``resemblyzer`` package so no checkpoint directory is needed; ``--checkpoint DIR`` uses a
-directory in the official layout instead (the official weights give different scores).
+the thresholds chosen here are not tuned to the tests. Embeddings come from voicedb's own code: Chatterbox's
+voice encoder (``voicedb.voice_encoder``, equal to upstream's) and CAM++ (``voicedb.campplus``), with the
+weights of ``--checkpoint`` (default: the offline test checkpoint, whose voice encoder carries Resemblyzer's
+trained weights and whose CAM++ file is the official one).
 
-Printed for each preprocessing choice:
-- closed-set top-1: every speaker with two or more clips is enrolled with its first clip; each of their
-  other clips must score highest against its own speaker;
-- EER over all clip pairs (same speaker vs different speakers) and the threshold where it is reached;
-- at ``--threshold`` (default: ``voicedb.config.DEFAULT_THRESHOLD``): false rejects over same-speaker pairs,
-  false accepts over different-speaker pairs, and as ``voicedb match`` answers: probes of enrolled speakers
-  accepted with the right name, and probes of speakers with one clip only (strangers) wrongly accepted.
-A PNG of the same- and different-speaker score distributions is written beside.
+Printed for each encoder and preprocessing choice:
+- closed-set top-1: every speaker with two or more clips enrolled with its first clip, each other clip of
+  theirs must score highest against its own speaker;
+- over all clip pairs (same speaker vs different speakers): the equal error rate (EER) and its threshold, the
+  threshold where 1% of different-speaker pairs are accepted (``--target-far``), and the false rejects there;
+- as ``voicedb match`` answers with a threshold chosen on *other* speakers (two-fold cross-validation over
+  speakers: the threshold is chosen on one half, the other half is enrolled -- every other speaker with its
+  first clip -- and probed with the enrolled speakers' other clips and every clip of the rest, who are
+  strangers): enrolled probes accepted with the right name, and strangers rejected.
+The plot (PNG) shows DET curves of the choices and the score distributions of the shipped matcher.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
+import json
+import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +39,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVSET = ROOT / "tests" / "devset"
+SHIPPED = ROOT / "voicedb" / "shipped_thresholds.json"
 RATE = 16_000
-
-Preprocess = Callable[[np.ndarray], list[np.ndarray]]
+#: Before this work ``match`` compared the conditionals embedding with a fixed 0.80.
+OLD_THRESHOLD = 0.80
 
 
 @dataclass(frozen=True)
@@ -52,15 +58,20 @@ def read_devset(directory: Path) -> list[Clip]:
         return [Clip(row["file"], row["speaker"], row["language"], row["condition"]) for row in csv.DictReader(handle)]
 
 
-# -- preprocessing -------------------------------------------------------------------------------------
+# -- preprocessing ---------------------------------------------------------------------------------
 
 
-def vad_trim(wav: np.ndarray) -> np.ndarray:
-    """Drop non-speech with WebRTC VAD (mode 3, 30 ms frames, smoothed over 8 frames, gaps dilated by 6),
-    as Resemblyzer's ``trim_long_silences`` does; the clip is kept whole if nothing is judged speech."""
+def webrtc_speech(wav: np.ndarray) -> np.ndarray:
+    """Non-speech dropped by WebRTC VAD (mode 3, 30 ms frames, smoothed over 8, dilated by 6) and the level
+    raised, as Resemblyzer's preprocessing does: the reference voicedb's own ``speech_only`` is compared with."""
     import webrtcvad
     from scipy.ndimage import binary_dilation
 
+    from voicedb.speakers import SPEECH_LEVEL_DBFS
+
+    rms = np.sqrt(np.mean(wav**2))
+    if rms > 0 and (gain := SPEECH_LEVEL_DBFS - 20 * np.log10(rms)) > 0:
+        wav = wav * 10 ** (gain / 20)
     frame = RATE * 30 // 1000
     wav = wav[: len(wav) - len(wav) % frame]
     pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes()
@@ -75,13 +86,12 @@ def vad_trim(wav: np.ndarray) -> np.ndarray:
     return wav[mask] if mask.any() else wav
 
 
-def level_normalise(wav: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
-    """Raise quiet clips to ``target_dbfs`` RMS (never lower loud ones), as Resemblyzer does."""
-    rms = np.sqrt(np.mean(wav**2)) if len(wav) else 0.0
-    if rms <= 0:
-        return wav
-    gain_db = target_dbfs - 20 * np.log10(rms)
-    return wav * 10 ** (gain_db / 20) if gain_db > 0 else wav
+def level_only(wav: np.ndarray) -> np.ndarray:
+    from voicedb.speakers import SPEECH_LEVEL_DBFS
+
+    rms = np.sqrt(np.mean(wav**2))
+    gain = SPEECH_LEVEL_DBFS - 20 * np.log10(rms) if rms > 0 else 0.0
+    return wav * 10 ** (gain / 20) if gain > 0 else wav
 
 
 def windows(wav: np.ndarray, seconds: float = 3.0, hop: float = 1.5) -> list[np.ndarray]:
@@ -92,67 +102,49 @@ def windows(wav: np.ndarray, seconds: float = 3.0, hop: float = 1.5) -> list[np.
     return [wav[start : start + size] for start in range(0, len(wav) - size + 1, step)]
 
 
-PREPROCESSING: dict[str, Preprocess] = {
-    "whole clip (today)": lambda wav: [wav],
-    "level norm": lambda wav: [level_normalise(wav)],
-    "VAD trim": lambda wav: [vad_trim(wav)],
-    "VAD + level norm": lambda wav: [vad_trim(level_normalise(wav))],
-    "VAD + norm + 3 s windows": lambda wav: windows(vad_trim(level_normalise(wav))),
-}
+# -- embeddings ------------------------------------------------------------------------------------
 
 
-# -- embeddings ----------------------------------------------------------------------------------------
+def unit(vectors: list[np.ndarray]) -> np.ndarray:
+    mean = np.mean(vectors, axis=0)
+    return mean / np.linalg.norm(mean)
 
 
-def load_encoder(checkpoint: Path | None):
-    """Upstream's ``VoiceEncoder`` (the network voicedb embeds with) with Resemblyzer's weights, as in the test
-    checkpoint's ``ve.safetensors``, or with a checkpoint directory's ``ve.safetensors``."""
-    import torch
-    from chatterbox.models.voice_encoder.voice_encoder import VoiceEncoder
-
-    if checkpoint is not None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(checkpoint / "ve.safetensors"))
-    else:
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from make_test_checkpoint import voice_encoder_state
-
-        state = voice_encoder_state()
-    encoder = VoiceEncoder()
-    encoder.load_state_dict(state)
-    torch.set_num_threads(2)
-    return encoder.eval()
+def embed_with(embed: Callable[[np.ndarray], np.ndarray], wavs: list[np.ndarray], pieces) -> np.ndarray:
+    return np.stack([unit([embed(piece.astype(np.float32)) for piece in pieces(wav)]) for wav in wavs])
 
 
-def embed_all(encoder, wavs: list[np.ndarray], preprocess: Preprocess) -> np.ndarray:
-    """One L2-normalised embedding per clip: Engine.embed's call on each piece, the pieces' mean renormalised.
-
-    All pieces go through the encoder in one batched call (each still embedded on its own).
-    """
-    import torch
-
-    pieces = [[piece.astype(np.float32) for piece in preprocess(wav)] for wav in wavs]
-    with torch.inference_mode():
-        flat = encoder.embeds_from_wavs([p for group in pieces for p in group], sample_rate=RATE, batch_size=64)
-    out, start = [], 0
-    for group in pieces:
-        mean = np.mean(flat[start : start + len(group)], axis=0)
-        out.append(mean / np.linalg.norm(mean))
-        start += len(group)
-    return np.stack(out)
+def test_checkpoint() -> Path:
+    """The offline test checkpoint, built once into the user's cache by ``scripts/make_test_checkpoint.py``."""
+    directory = Path.home() / ".cache" / "voicedb-test-checkpoint"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_checkpoint.py"), str(directory)], check=True)
+    return directory
 
 
-# -- metrics -------------------------------------------------------------------------------------------
+# -- metrics ---------------------------------------------------------------------------------------
 
 
-def eer(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
-    """Equal error rate and the threshold where false rejects and false accepts cross."""
-    candidates = np.unique(np.concatenate((genuine, impostor)))
-    frr = np.array([(genuine < t).mean() for t in candidates])
-    far = np.array([(impostor >= t).mean() for t in candidates])
-    i = int(np.argmin(np.abs(frr - far)))
-    return float((frr[i] + far[i]) / 2), float(candidates[i])
+def pair_scores(speakers: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = emb @ emb.T
+    upper = np.triu_indices(len(speakers), k=1)
+    same = speakers[upper[0]] == speakers[upper[1]]
+    return scores[upper][same], scores[upper][~same]
+
+
+def threshold_at_far(impostor: np.ndarray, target: float) -> float:
+    """The lowest threshold (to 0.01) at which at most ``target`` of the different-speaker pairs score as high."""
+    for t in np.arange(-1.0, 1.0001, 0.01):
+        if np.mean(impostor >= t) <= target:
+            return round(float(t), 2)
+    return 1.0
+
+
+def rates(genuine: np.ndarray, impostor: np.ndarray) -> list[list[float]]:
+    """[threshold, false-reject rate, false-accept rate] every 0.05 from 0.30 to 0.95: what verdicts quote."""
+    return [
+        [round(t, 2), round(float(np.mean(genuine < t)), 4), round(float(np.mean(impostor >= t)), 4)]
+        for t in np.arange(0.30, 0.951, 0.05)
+    ]
 
 
 @dataclass
@@ -161,122 +153,222 @@ class Result:
     top1: tuple[int, int]
     eer: float
     eer_threshold: float
-    false_rejects: tuple[int, int]
-    false_accepts: tuple[int, int]
-    accepted_right: tuple[int, int]
-    strangers_accepted: tuple[int, int]
+    far_threshold: float
+    frr_at_far: float
+    accepted: tuple[int, int]  # enrolled probes accepted with the right name, cross-validated
+    rejected: tuple[int, int]  # strangers' probes rejected, cross-validated
+    old_accepted: tuple[int, int]  # the same at the old fixed 0.80
+    old_rejected: tuple[int, int]
     genuine: np.ndarray
     impostor: np.ndarray
 
 
-def evaluate(name: str, clips: list[Clip], emb: np.ndarray, threshold: float) -> Result:
-    speakers = np.array([clip.speaker for clip in clips])
-    scores = emb @ emb.T
-    upper = np.triu_indices(len(clips), k=1)
-    same = speakers[upper[0]] == speakers[upper[1]]
-    genuine, impostor = scores[upper][same], scores[upper][~same]
+def eer(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
+    from voicedb.calibration import equal_error_threshold
 
+    at = equal_error_threshold(genuine, impostor)
+    return float((np.mean(genuine < at) + np.mean(impostor >= at)) / 2), at
+
+
+def closed_set_top1(speakers: np.ndarray, emb: np.ndarray) -> tuple[int, int]:
     counts = {s: int((speakers == s).sum()) for s in set(speakers)}
     enrolled = sorted(s for s, n in counts.items() if n >= 2)
-    enrol_index = [int(np.flatnonzero(speakers == s)[0]) for s in enrolled]
-    gallery = emb[enrol_index]
-    probes = [i for i, s in enumerate(speakers) if counts[s] >= 2 and i not in enrol_index]
-    strangers = [i for i, s in enumerate(speakers) if counts[s] == 1]
-    top1 = right = 0
-    for i in probes:
-        row = gallery @ emb[i]
-        best = int(np.argmax(row))
-        top1 += enrolled[best] == speakers[i]
-        right += enrolled[best] == speakers[i] and row[best] >= threshold
-    wrongly = sum(float(np.max(gallery @ emb[i])) >= threshold for i in strangers)
+    first = [int(np.flatnonzero(speakers == s)[0]) for s in enrolled]
+    probes = [i for i, s in enumerate(speakers) if counts[s] >= 2 and i not in first]
+    right = sum(enrolled[int(np.argmax(emb[first] @ emb[i]))] == speakers[i] for i in probes)
+    return right, len(probes)
+
+
+def open_set(speakers: np.ndarray, emb: np.ndarray, chosen: list[str], threshold: float) -> tuple[list[int], list[int]]:
+    """Among speakers ``chosen``: every other one (with two or more clips) enrolled with its first clip, the rest
+    strangers. Returns ([accepted right, enrolled probes], [rejected, stranger probes])."""
+    multi = [s for s in chosen if (speakers == s).sum() >= 2]
+    enrolled = multi[::2]
+    strangers = [s for s in chosen if s not in enrolled]
+    first = [int(np.flatnonzero(speakers == s)[0]) for s in enrolled]
+    accepted, probes, rejected, stranger_probes = 0, 0, 0, 0
+    for i, s in enumerate(speakers):
+        if s in enrolled and i not in first:
+            row = emb[first] @ emb[i]
+            best = int(np.argmax(row))
+            accepted += enrolled[best] == s and row[best] >= threshold
+            probes += 1
+        elif s in strangers:
+            rejected += float(np.max(emb[first] @ emb[i])) < threshold
+            stranger_probes += 1
+    return [accepted, probes], [rejected, stranger_probes]
+
+
+def evaluate(name: str, speakers: np.ndarray, emb: np.ndarray, target_far: float) -> Result:
+    genuine, impostor = pair_scores(speakers, emb)
     rate, at = eer(genuine, impostor)
+    far_t = threshold_at_far(impostor, target_far)
+    everyone = sorted(set(speakers))
+    folds = [everyone[0::2], everyone[1::2]]
+    accepted, rejected, old_accepted, old_rejected = [0, 0], [0, 0], [0, 0], [0, 0]
+    for tune, test in ((folds[0], folds[1]), (folds[1], folds[0])):
+        mask = np.isin(speakers, tune)
+        _, tune_impostor = pair_scores(speakers[mask], emb[mask])
+        for totals, got in zip(
+            (accepted, rejected), open_set(speakers, emb, test, threshold_at_far(tune_impostor, target_far))
+        ):
+            totals[0] += got[0]
+            totals[1] += got[1]
+        for totals, got in zip((old_accepted, old_rejected), open_set(speakers, emb, test, OLD_THRESHOLD)):
+            totals[0] += got[0]
+            totals[1] += got[1]
     return Result(
         name,
-        (top1, len(probes)),
+        closed_set_top1(speakers, emb),
         rate,
         at,
-        (int((genuine < threshold).sum()), len(genuine)),
-        (int((impostor >= threshold).sum()), len(impostor)),
-        (right, len(probes)),
-        (wrongly, len(strangers)),
+        far_t,
+        float(np.mean(genuine < far_t)),
+        tuple(accepted),
+        tuple(rejected),
+        tuple(old_accepted),
+        tuple(old_rejected),
         genuine,
         impostor,
     )
 
 
-def frac(pair: tuple[int, int]) -> str:
-    return f"{pair[0]}/{pair[1]}"
+def pct(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}/{pair[1]} ({pair[0] / max(pair[1], 1):.0%})"
 
 
-def print_table(results: list[Result], threshold: float) -> None:
-    head = (
-        f"| preprocessing | top-1 | EER | EER threshold | FR @ {threshold:.2f} | FA @ {threshold:.2f} "
-        f"| enrolled accepted @ {threshold:.2f} | strangers accepted @ {threshold:.2f} |"
+def print_table(results: list[Result], target_far: float) -> None:
+    far = f"{target_far:.0%}"
+    print(
+        f"| encoder, preprocessing | top-1 | EER (threshold) | threshold at FA {far} | FR there "
+        f"| enrolled accepted, right name* | strangers rejected* "
+        f"| the same at {OLD_THRESHOLD:.2f}: accepted | rejected |"
     )
-    print(head)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for r in results:
         print(
-            f"| {r.name} | {frac(r.top1)} | {r.eer:.1%} | {r.eer_threshold:.3f} | {frac(r.false_rejects)} "
-            f"| {frac(r.false_accepts)} | {frac(r.accepted_right)} | {frac(r.strangers_accepted)} |"
+            f"| {r.name} | {pct(r.top1)} | {r.eer:.1%} ({r.eer_threshold:.2f}) | {r.far_threshold:.2f} "
+            f"| {r.frr_at_far:.1%} | {pct(r.accepted)} | {pct(r.rejected)} | {pct(r.old_accepted)} "
+            f"| {pct(r.old_rejected)} |"
         )
+    print(f"* threshold at FA {far} chosen on the other half of the speakers (two-fold cross-validation)")
 
 
-def plot(results: list[Result], threshold: float, path: Path) -> None:
-    """Same- and different-speaker score histograms, one panel per preprocessing choice."""
+def plot(results: list[Result], shipped: Result, threshold: float, path: Path) -> None:
+    """DET curves of every choice, and the shipped matcher's score distributions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), 1, figsize=(7, 2.1 * len(results)), sharex=True)
-    bins = np.linspace(0.2, 1.0, 65)
-    for ax, r in zip(np.atleast_1d(axes), results):
-        ax.hist(r.impostor, bins=bins, density=True, alpha=0.55, label=f"different speakers ({len(r.impostor)})")
-        ax.hist(r.genuine, bins=bins, density=True, alpha=0.55, label=f"same speaker ({len(r.genuine)})")
-        ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"default threshold {threshold:.2f}")
-        ax.axvline(
-            r.eer_threshold, color="r", linestyle=":", linewidth=1, label=f"EER {r.eer:.1%} at {r.eer_threshold:.2f}"
-        )
-        ax.set_title(r.name, fontsize=9, loc="left")
-        ax.legend(fontsize=7, loc="upper left")
-        ax.set_yticks([])
-    np.atleast_1d(axes)[-1].set_xlabel("cosine similarity (Chatterbox voice encoder, Resemblyzer weights)")
+    fig, (det, hist) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in results:
+        cuts = np.linspace(-0.2, 1.0, 241)
+        frr = [max(np.mean(r.genuine < t), 1e-4) for t in cuts]
+        far = [max(np.mean(r.impostor >= t), 1e-4) for t in cuts]
+        det.plot(np.array(far) * 100, np.array(frr) * 100, label=f"{r.name} (EER {r.eer:.1%})", linewidth=1.2)
+    det.set_xscale("log")
+    det.set_yscale("log")
+    det.set_xlim(0.05, 60)
+    det.set_ylim(0.5, 80)
+    det.set_xlabel("false accepts (% of different-speaker pairs)")
+    det.set_ylabel("false rejects (% of same-speaker pairs)")
+    det.set_title("DET curves on the development set (lower left is better)", fontsize=10)
+    det.legend(fontsize=7)
+    det.grid(True, which="both", alpha=0.3)
+    bins = np.linspace(-0.1, 1.0, 89)
+    different = f"different speakers ({len(shipped.impostor)})"
+    hist.hist(shipped.impostor, bins=bins, density=True, alpha=0.55, label=different)
+    hist.hist(shipped.genuine, bins=bins, density=True, alpha=0.55, label=f"same speaker ({len(shipped.genuine)})")
+    hist.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"shipped threshold {threshold:.2f}")
+    hist.set_title(f"scores: {shipped.name}", fontsize=10)
+    hist.set_xlabel("score (cosine; fused: the mean of the two cosines)")
+    hist.set_yticks([])
+    hist.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+def shipped_json(shipped: dict[str, dict]) -> str:
+    """The shipped thresholds as JSON a reviewer can read: one line per measured rate."""
+    entries = []
+    for identity, entry in sorted(shipped.items()):
+        rows = ",\n".join(f"    {json.dumps(row)}" for row in entry["rates"])
+        entries.append(
+            f'  {json.dumps(identity)}: {{\n   "threshold": {entry["threshold"]},\n'
+            f'   "measured_on": {json.dumps(entry["measured_on"])},\n   "rates": [\n{rows}\n   ]\n  }}'
+        )
+    return "{\n" + ",\n".join(entries) + "\n}\n"
 
 
 def main() -> None:
-    from voicedb import config
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devset", type=Path, default=DEVSET)
-    parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: Resemblyzer's weights)")
-    parser.add_argument("--threshold", type=float, default=config.DEFAULT_THRESHOLD)
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the offline test checkpoint)")
+    parser.add_argument("--target-far", type=float, default=0.01, help="share of different-speaker pairs accepted")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "eval_matching.png")
-    parser.add_argument("--only", nargs="*", help="preprocessing names to run (default: all)")
+    parser.add_argument("--write-shipped", action="store_true", help=f"record the chosen thresholds in {SHIPPED.name}")
     args = parser.parse_args()
 
     from voicedb.audio import load_query
+    from voicedb.campplus import CAMPPLUS_FILE, load_campplus
+    from voicedb.files import sha256_file
+    from voicedb.matchers import CAMPPLUS, CHATTERBOX, fuse
+    from voicedb.speakers import speech_only
+    from voicedb.voice_encoder import VoiceEncoder, load_state
+
+    checkpoint = args.checkpoint or test_checkpoint()
+    ve_path, cam_path = checkpoint / "ve.safetensors", checkpoint / CAMPPLUS_FILE
+    ve = VoiceEncoder(load_state(ve_path), ve_path)
+    cam = load_campplus(cam_path)
+    sums = {CHATTERBOX: sha256_file(ve_path)[:16], CAMPPLUS: sha256_file(cam_path)[:16]}
 
     clips = read_devset(args.devset)
-    # decoded as `voicedb match` decodes a query (24 kHz, then 16 kHz for the encoder)
-    wavs = [load_query(args.devset / "speech" / clip.file) for clip in clips]
-    n_speakers = len({clip.speaker for clip in clips})
-    print(f"{len(clips)} clips of {n_speakers} speakers from {args.devset}")
+    wavs = [load_query(args.devset / "speech" / clip.file) for clip in clips]  # as `voicedb match` decodes them
+    speakers = np.array([clip.speaker for clip in clips])
+    multi = sum((speakers == s).sum() >= 3 for s in set(speakers))
+    print(f"{len(clips)} clips of {len(set(speakers))} speakers ({multi} with 3 or more clips) from {args.devset}")
 
-    encoder = load_encoder(args.checkpoint)
-    results = []
-    for name, preprocess in PREPROCESSING.items():
-        if args.only and name not in args.only:
-            continue
-        started = time.perf_counter()
-        emb = embed_all(encoder, wavs, preprocess)
-        results.append(evaluate(name, clips, emb, args.threshold))
-        print(f"  {name}: embedded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    print_table(results, args.threshold)
-    plot(results, args.threshold, args.plot)
+    whole = lambda wav: [wav]  # noqa: E731
+    choices: dict[str, np.ndarray] = {
+        "chatterbox, whole clip (the conditionals embedding)": embed_with(ve.embed, wavs, whole),
+        "chatterbox, level raised": embed_with(ve.embed, wavs, lambda w: [level_only(w)]),
+        "chatterbox, WebRTC VAD + level": embed_with(ve.embed, wavs, lambda w: [webrtc_speech(w)]),
+        "chatterbox, speech only (voicedb)": embed_with(ve.embed, wavs, lambda w: [speech_only(w)]),
+        "chatterbox, speech only, 3 s windows": embed_with(ve.embed, wavs, lambda w: windows(speech_only(w))),
+        "campplus, whole clip": embed_with(cam.embed, wavs, whole),
+        "campplus, speech only (voicedb)": embed_with(cam.embed, wavs, lambda w: [speech_only(w)]),
+    }
+    choices["chatterbox+campplus, speech only (voicedb)"] = fuse(
+        [choices["chatterbox, speech only (voicedb)"], choices["campplus, speech only (voicedb)"]]
+    )
+    results = [evaluate(name, speakers, emb, args.target_far) for name, emb in choices.items()]
+    print_table(results, args.target_far)
+
+    matchers = {
+        CHATTERBOX: "chatterbox, speech only (voicedb)",
+        CAMPPLUS: "campplus, speech only (voicedb)",
+        f"{CHATTERBOX}+{CAMPPLUS}": "chatterbox+campplus, speech only (voicedb)",
+    }
+    by_name = {r.name: r for r in results}
+    shipped = {}
+    print("\nshipped thresholds (chosen on the whole set):")
+    for matcher, name in matchers.items():
+        r = by_name[name]
+        identity = ":".join([matcher, *(sums[e] for e in matcher.split("+"))])
+        shipped[identity] = {
+            "threshold": r.far_threshold,
+            "rates": rates(r.genuine, r.impostor),
+            "measured_on": f"tests/devset, {len(set(speakers))} speakers, {len(clips)} clips, {dt.date.today()}",
+        }
+        print(f"  {identity}: {r.far_threshold:.2f}")
+    if args.write_shipped:
+        current = json.loads(SHIPPED.read_text()) if SHIPPED.exists() else {}
+        SHIPPED.write_text(shipped_json({**current, **shipped}))
+        print(f"written: {SHIPPED}")
+    fused = by_name[matchers[f"{CHATTERBOX}+{CAMPPLUS}"]]
+    plot(results, fused, fused.far_threshold, args.plot)
     print(f"plot: {args.plot}")
 
 

@@ -19,15 +19,17 @@ class StandInEngine:
     device = "cpu"
     encoder_checksum = hashlib.sha256(b"voicedb stand-in encoder").hexdigest()
 
-    def __init__(self) -> None:
-        self.embedded = 0
+    campplus_checksum = None
 
     def embed(self, wav_16k: np.ndarray) -> np.ndarray:
         samples = np.round(np.asarray(wav_16k, dtype=np.float32) * 2**15).astype(np.int32)
         seed = int.from_bytes(hashlib.sha256(samples.tobytes()).digest()[:8], "little")
         vector = np.random.default_rng(seed).standard_normal(256)
-        self.embedded += 1
         return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+    def campplus_path(self) -> None:
+        """No CAM++ weights: libraries match with the (stand-in) Chatterbox encoder."""
+        return None
 
     def loaded(self) -> list[str]:
         return []

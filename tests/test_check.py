@@ -52,7 +52,7 @@ def test_embeddings_from_another_encoder_are_refused_then_re_embedded_by_repair(
 
     other = tmp_path / "other-checkpoint"
     other.mkdir()
-    for name in ("t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json"):
+    for name in ("t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json", "campplus_cn_en_common.pt"):
         (other / name).symlink_to(checkpoint / name)
     weights = load_file(str(checkpoint / "ve.safetensors"))
     weights["proj.bias"] = weights["proj.bias"] + 0.01 * torch.ones_like(weights["proj.bias"])
@@ -79,10 +79,11 @@ def test_an_index_holding_other_voices_is_reported_and_rebuilt(home: Path, speak
     with db.context.store.session() as session:
         pks, vectors = db.context.store.all_vectors(session)
         generation = db.context.store.generation(session)
-    db.context.index.files.save(new_index(pks + 100, vectors), generation)  # right count and stamp, wrong ids
+    matcher = db.matcher()
+    db.context.index.files.save(new_index(pks + 100, vectors), generation, matcher)  # right count and stamp, wrong ids
     hits = json.loads(run("match", str(clips[1]), "--json").stdout)["matches"]  # match notices and rebuilds in memory
     assert hits[0]["name"] == "bob"
-    db.context.index.files.save(new_index(pks + 100, vectors), generation)
+    db.context.index.files.save(new_index(pks + 100, vectors), generation, matcher)
     report = json.loads(run("check", "--json").stdout)
     assert [p["kind"] for p in report] == ["index"] and "other voices" in report[0]["message"]
     assert run("check", "--repair").exit_code == 0

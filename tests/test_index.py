@@ -34,10 +34,19 @@ def saved_kind(home: Path) -> str:
 
 
 def nearest_is_itself(db: VoiceDB, ids: list[str]) -> bool:
-    """Every voice, queried with its own stored vector, comes back first with a cosine of 1."""
-    for voice_id in ids:
-        best = db.match_vector(db.vector(voice_id), k=1)[0]
-        if best.id != voice_id or abs(best.score - 1) > 1e-5:
+    """Every voice, queried with its own stored matching vector, comes back first with a cosine of 1."""
+    from sqlalchemy import select
+
+    from voicedb.store import VoiceRow
+
+    store = db.context.store
+    with store.session() as session:
+        pks, vectors = store.all_vectors(session)
+        id_of = dict(session.execute(select(VoiceRow.pk, VoiceRow.id)).all())
+    assert sorted(id_of[pk] for pk in pks) == sorted(ids)
+    for pk, vector in zip(pks, vectors):
+        best = db.match_vector(vector, k=1)[0]
+        if best.id != id_of[pk] or abs(best.score - 1) > 1e-5:
             return False
     return True
 

@@ -10,14 +10,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
 #: Lower layers first; a module may import only from layers below its own.
 LAYERS = [
     {"errors", "files", "faults", "records"},
-    {"config"},
+    {"config", "matchers"},
     {"flavours", "audio", "speech", "bundle", "store", "locks", "weights"},
     {"voice_encoder", "campplus"},
     {"index", "engine", "embeddings"},
+    {"speakers"},
     {"context"},
     {"catalog"},
     {"matching", "conditionals"},
-    {"synthesis", "enroll", "bulk", "calibration"},
+    {"calibration"},
+    {"synthesis", "enroll", "bulk"},
     {"portability", "checker"},
     {"library"},
     {"server"},  # the package voicedb/server: HTTP over the library

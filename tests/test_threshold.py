@@ -1,7 +1,8 @@
 """Which threshold ``match`` applies, ``voicedb calibrate``, the verdicts ``match`` prints, and ``speak --verify``.
 
 A threshold comes from the caller, else from ``calibrate`` on the library, else from the value shipped for the
-library's voice encoder, else ``DEFAULT_THRESHOLD``. The offline test checkpoint's synthesised audio is noise, so
+library's matcher and encoder weights, else ``DEFAULT_THRESHOLD``; verdicts follow the error rates measured with
+it. The offline test checkpoint's synthesised audio is noise, so
 the ``--verify`` tests check the mechanics: the score, the retries, the attempt kept.
 """
 
@@ -17,9 +18,11 @@ from conftest import library_digest, run, run_fails
 
 from voicedb import VoiceDB, config
 from voicedb.calibration import equal_error_threshold, meta_key, verdict
+from voicedb.campplus import CAMPPLUS_FILE
+from voicedb.files import sha256_file
 from voicedb.store import MetaRow
 
-SHIPPED = "shipped default for this voice encoder"
+FUSED = "chatterbox+campplus"
 TOKENS = "8"  # the random test T3 never stops: a few speech tokens keep each synthesis short
 
 
@@ -35,6 +38,13 @@ def library(home: Path, multi_clip_speakers) -> dict[str, str]:
     return {name: enroll(name, clips, "--no-conditionals") for name, clips in multi_clip_speakers.items()}
 
 
+@pytest.fixture
+def identity(checkpoint: Path) -> str:
+    """What the test library matches with: both encoders, with the test checkpoint's weights."""
+    sums = [sha256_file(checkpoint / name)[:16] for name in ("ve.safetensors", CAMPPLUS_FILE)]
+    return ":".join([FUSED, *sums])
+
+
 def match_json(*args: str) -> dict:
     result = run("match", *args, "--json")
     assert result.exit_code in (0, 1), result.output
@@ -42,13 +52,17 @@ def match_json(*args: str) -> dict:
 
 
 # -- where the threshold comes from ---------------------------------------------------------------------
-def test_a_library_that_was_never_calibrated_uses_the_value_shipped_for_its_voice_encoder(library, speakers):
+def test_a_library_that_was_never_calibrated_uses_the_value_shipped_for_its_matcher(library, speakers, identity):
+    shipped = config.SHIPPED_THRESHOLDS[identity]
     applied = VoiceDB().threshold()
-    assert (applied.value, applied.kind, applied.source) == (0.80, "shipped", SHIPPED)
+    assert (applied.value, applied.kind, applied.matcher) == (shipped["threshold"], "shipped", FUSED)
+    assert applied.source == f"shipped default for {FUSED} with these weights, measured on {shipped['measured_on']}"
+    assert applied.rates == tuple(tuple(rate) for rate in shipped["rates"])
     query = next(iter(speakers.values()))[0]
     assert {k: v for k, v in match_json(str(query)).items() if k != "matches"} == {
-        "threshold": 0.80,
-        "threshold_source": SHIPPED,
+        "threshold": shipped["threshold"],
+        "threshold_source": applied.source,
+        "matcher": FUSED,
     }
 
 
@@ -67,14 +81,15 @@ def test_a_calibrated_threshold_beats_the_shipped_one_and_a_given_one_beats_both
     assert (given.value, given.kind, given.source) == (0.42, "argument", "given explicitly")
 
 
-def test_a_calibration_stored_for_another_voice_encoder_is_ignored(library):
+def test_a_calibration_stored_for_other_encoder_weights_is_ignored(library, identity):
     db = VoiceDB()
-    other = "0" * 64
-    record = {"encoder": other, "threshold": 0.1, "voices": 9, "same": 9, "different": 9, "date": "2020-01-01"}
+    other = f"{FUSED}:{'0' * 16}:{'0' * 16}"
+    record = {"identity": other, "threshold": 0.1, "voices": 9, "same": 9, "different": 9, "date": "2020-01-01"}
     with db.context.store.session() as session:
         session.merge(MetaRow(key=meta_key(other), value=json.dumps(record)))
         session.commit()
-    assert (db.threshold().value, db.threshold().kind) == (0.80, "shipped")
+    shipped = config.SHIPPED_THRESHOLDS[identity]["threshold"]
+    assert (db.threshold().value, db.threshold().kind) == (shipped, "shipped")
 
 
 # -- calibrate ------------------------------------------------------------------------------------------
@@ -88,7 +103,8 @@ def test_calibrate_on_real_voices_stores_a_threshold_that_match_and_show_report(
     assert measured["different_speaker_scores"] == clips * (len(library) - 1)  # every clip against every other voice
     rates = measured["rates"]
     chosen = measured["threshold"]
-    assert [r["threshold"] for r in rates] == sorted({0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, chosen})
+    candidates = {round(0.30 + 0.05 * n, 2) for n in range(14)}
+    assert [r["threshold"] for r in rates] == sorted(candidates | {chosen})
     rejects, accepts = [r["false_reject"] for r in rates], [r["false_accept"] for r in rates]
     assert rejects == sorted(rejects) and accepts == sorted(accepts, reverse=True)
     at_chosen = next(r for r in rates if r["threshold"] == chosen)
@@ -153,11 +169,50 @@ def test_the_equal_error_threshold_lies_midway_between_separate_distributions_an
         (0.30, "unknown speaker"),
     ],
 )
-def test_verdicts_around_a_threshold_of_080(score: float, words: str):
+def test_without_measured_rates_verdicts_take_a_margin_around_a_threshold_of_080(score: float, words: str):
     assert verdict(score, 0.80) == words
 
 
-def test_match_words_its_answer_and_hints_at_more_audio_near_the_threshold(home: Path, multi_clip_speakers):
+#: Measured (threshold, false-reject rate, false-accept rate): different speakers reach 0.70 in 1 pair of 1000,
+#: same-speaker pairs fall below 0.60 in 1 of 200.
+RATES = ((0.5, 0.0, 0.10), (0.6, 0.005, 0.01), (0.7, 0.02, 0.001), (0.8, 0.10, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("score", "threshold", "words"),
+    [
+        (0.75, 0.60, "same speaker"),  # 0.05% of different-speaker pairs score this high
+        (0.70, 0.60, "same speaker"),  # 0.1%: the most a sure "same speaker" allows
+        (0.65, 0.60, "probably the same speaker"),  # 0.55% do
+        (0.60, 0.60, "probably the same speaker"),
+        (0.59, 0.60, "unknown speaker"),  # 0.45% of same-speaker pairs score this low
+        (0.65, 0.70, "possibly the same speaker, below the threshold"),  # 1.25% of same-speaker pairs do
+        (0.62, 0.70, "unknown speaker"),  # 0.8%
+    ],
+)
+def test_with_measured_rates_verdicts_follow_the_error_rates_at_the_score(score, threshold, words):
+    assert verdict(score, threshold, RATES) == words
+
+
+def test_near_the_threshold_the_hint_quotes_the_measured_rates(home: Path, multi_clip_speakers, identity, monkeypatch):
+    speaker, clips = next(iter(multi_clip_speakers.items()))
+    enroll(speaker, clips[:1], "--no-conditionals")
+    query = str(clips[1])
+    score = match_json(query, "--all")["matches"][0]["score"]
+    rates = [[round(score - 0.1, 4), 0.0, 0.05], [round(score + 0.1, 4), 0.2, 0.0]]  # at the score: FA 2.5%, FR 10%
+    entry = {"threshold": round(score - 0.02, 4), "measured_on": "a test", "rates": rates}
+    monkeypatch.setitem(config.SHIPPED_THRESHOLDS, identity, entry)
+    answer = run("match", query)
+    assert answer.exit_code == 0 and answer.stdout.rstrip().endswith("probably the same speaker")
+    assert "2.5% of different-speaker pairs and 90% of same-speaker pairs were measured to score this high" in (
+        answer.stderr
+    )
+
+
+def test_match_words_its_answer_and_hints_at_more_audio_near_the_threshold(
+    home: Path, multi_clip_speakers, monkeypatch
+):
+    monkeypatch.setattr(config, "SHIPPED_THRESHOLDS", {})  # no measured rates: the margin decides
     speaker, clips = next(iter(multi_clip_speakers.items()))
     voice = enroll(speaker, clips[:1], "--no-conditionals")
     query = str(clips[1])

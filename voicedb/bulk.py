@@ -24,15 +24,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .audio import AUDIO_EXTENSIONS, LoadedClip, load_clip, reference_rank
 from .catalog import Catalog, KeptClip, check_name, existing_values, voice_record
 from .conditionals import ConditionalsStore
 from .context import LibraryContext
-from .errors import AudioError, InvalidName, VoiceDBError
+from .errors import AudioError, InvalidName, LibraryError, VoiceDBError
 from .faults import crash_point
 from .flavours import Flavour, flavour_named
-from .matching import mean_embedding
+from .matchers import CAMPPLUS, CHATTERBOX, ClipVectors, encoders_of
+from .matching import Matcher, mean_embedding
 from .records import Voice
+from .speakers import speech_only
 from .store import ClipRow, VoiceRow
 from .voice_encoder import VoiceEncoder, load_state
 
@@ -163,7 +167,36 @@ def _encoder(path: Path) -> VoiceEncoder:
     return VoiceEncoder(load_state(path), path)
 
 
-def analyse(voice: BulkVoice, encoder_path: Path, min_seconds: float) -> Analysed:
+@cache
+def _campplus(path: Path) -> Any:
+    from .campplus import load_campplus
+
+    return load_campplus(path)
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """The weights a worker embeds with: the voice encoder's, and those of the matcher's encoders."""
+
+    voice_encoder: Path
+    matching: tuple[tuple[str, Path, str], ...]  # (encoder, weights, checksum)
+
+    def match_vectors(self, wavs_16k: list[np.ndarray]) -> list[ClipVectors]:
+        if not wavs_16k:
+            return []
+        speech = [speech_only(wav) for wav in wavs_16k]
+        found: list[ClipVectors] = [{} for _ in wavs_16k]
+        for encoder, path, checksum in self.matching:
+            if encoder == CHATTERBOX:
+                vectors = list(_encoder(path).embed_many(speech))
+            else:
+                vectors = [_campplus(path).embed(wav) for wav in speech]
+            for clip, vector in zip(found, vectors, strict=True):
+                clip[encoder] = (checksum, vector)
+        return found
+
+
+def analyse(voice: BulkVoice, encoders: Encoders, min_seconds: float) -> Analysed:
     """Decode, check and embed one voice's clips; unusable clips become problems, not failures."""
     loaded: list[LoadedClip] = []
     problems: list[str] = []
@@ -177,17 +210,26 @@ def analyse(voice: BulkVoice, encoder_path: Path, min_seconds: float) -> Analyse
             continue
         if all(c.sha256 != clip.sha256 for c in loaded):  # the same recording twice counts once
             loaded.append(clip)
-    vectors = _encoder(encoder_path).embed_many([c.wav_16k for c in loaded]) if loaded else []
+    wavs = [c.wav_16k for c in loaded]
+    vectors = _encoder(encoders.voice_encoder).embed_many(wavs) if wavs else []
+    match = encoders.match_vectors(wavs)
     clips = [
         AnalysedClip(
             clip.source.path,
             KeptClip(
-                clip.sha256, clip.source.suffix, clip.name, clip.duration_s, clip.speech_s, clip.sample_rate, vector
+                clip.sha256,
+                clip.source.suffix,
+                clip.name,
+                clip.duration_s,
+                clip.speech_s,
+                clip.sample_rate,
+                vector,
+                vectors_of_clip,
             ),
             reference_rank(clip),
             clip.warnings,
         )
-        for clip, vector in zip(loaded, vectors, strict=True)
+        for clip, vector, vectors_of_clip in zip(loaded, vectors, match, strict=True)
     ]
     return Analysed(voice, clips, problems)
 
@@ -196,10 +238,13 @@ def analyse(voice: BulkVoice, encoder_path: Path, min_seconds: float) -> Analyse
 
 
 class BulkEnrollment:
-    def __init__(self, ctx: LibraryContext, catalog: Catalog, conditionals: ConditionalsStore) -> None:
+    def __init__(
+        self, ctx: LibraryContext, catalog: Catalog, conditionals: ConditionalsStore, matcher: Matcher
+    ) -> None:
         self.ctx = ctx
         self.catalog = catalog
         self.conditionals = conditionals
+        self.matcher = matcher
 
     def add_many(
         self,
@@ -215,7 +260,13 @@ class BulkEnrollment:
         engine = self.ctx.engine
         encoder = engine.encoder_checksum
         self.ctx.check_encoder(encoder)
-        encoder_path = engine.voice_encoder_path()
+        matcher = self.matcher.name()
+        self.matcher.check_checksums(matcher)
+        weights = {CHATTERBOX: engine.voice_encoder_path(), CAMPPLUS: engine.campplus_path()}
+        encoders = Encoders(
+            engine.voice_encoder_path(),
+            tuple((e, weights[e], self.matcher.encoders.checksum(e)) for e in encoders_of(matcher)),
+        )
         total = len(voices) if hasattr(voices, "__len__") else 0
         result = BulkResult()
         ready: list[Analysed] = []
@@ -228,7 +279,7 @@ class BulkEnrollment:
             try:
                 while True:
                     for voice in pending:
-                        in_flight.add(pool.submit(analyse, voice, encoder_path, flavour.min_seconds))
+                        in_flight.add(pool.submit(analyse, voice, encoders, flavour.min_seconds))
                         if len(in_flight) >= workers * IN_FLIGHT_PER_WORKER:
                             break
                     if not in_flight:
@@ -237,7 +288,7 @@ class BulkEnrollment:
                     ready += [future.result() for future in finished]
                     now = time.monotonic()
                     if len(ready) >= GROUP_VOICES or now - last_write > GROUP_SECONDS or not in_flight:
-                        self._write_group(ready, encoder, flavour if conditionals else None, result)
+                        self._write_group(ready, encoder, matcher, flavour if conditionals else None, result)
                         ready, last_write = [], now
                     if progress:
                         handled = len(result.added) + len(result.skipped) + len(result.refused)
@@ -262,7 +313,7 @@ class BulkEnrollment:
             yield voice
 
     def _write_group(
-        self, group: Sequence[Analysed], encoder: str, flavour: Flavour | None, result: BulkResult
+        self, group: Sequence[Analysed], encoder: str, matcher: str, flavour: Flavour | None, result: BulkResult
     ) -> None:
         """Enroll a group of analysed voices in one change; a voice that cannot be enrolled is refused
         alone, with its reason."""
@@ -277,6 +328,8 @@ class BulkEnrollment:
         prepared = {id(a): self._conditionals(a, flavour) for a in usable} if flavour else {}
         added: list[VoiceRow] = []
         with self.catalog.write("add-many") as change:
+            if self.matcher.settle(change.session) != matcher:
+                raise LibraryError("the library's matcher changed during the bulk enrollment; run it again.")
             taken_names = set(existing_values(change.session, VoiceRow.name, [a.voice.name for a in usable]))
             shas = [clip.kept.sha256 for a in usable for clip in a.clips]
             held = set(existing_values(change.session, ClipRow.sha256, shas))

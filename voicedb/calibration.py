@@ -2,14 +2,16 @@
 words ``match`` puts a score in.
 
 A threshold comes, in order, from the caller (``--threshold``, the API's argument); else from
-``calibrate`` on this library, for the voice encoder its vectors come from; else from the value shipped
-for that encoder (``config.SHIPPED_THRESHOLDS``); else ``config.DEFAULT_THRESHOLD``. Scores of two
-encoders are not comparable, so a calibration is stored under its encoder's checksum and ignored once the
-library is re-embedded with another.
+``calibrate`` on this library, for its matcher and encoder weights; else from the value shipped for them
+(``config.SHIPPED_THRESHOLDS``, measured on the development set); else ``config.DEFAULT_THRESHOLD``.
+Scores of two matchers or two checkpoints are not comparable, so a calibration is stored under the
+matcher's identity and ignored once the library matches with another. The error rates measured with the
+threshold (by ``calibrate``, else shipped) turn scores into words: see ``verdict``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 
@@ -17,35 +19,51 @@ import numpy as np
 from sqlalchemy import func, select
 
 from . import config
-from .catalog import Catalog
+from .catalog import Catalog, matcher_vector
 from .context import LibraryContext
 from .errors import VoiceDBError
-from .matching import check_threshold, mean_embedding, normalised
+from .matchers import CHECKSUM_KEYS, encoders_of, fuse
+from .matching import Matcher, check_threshold, mean_embedding
 from .records import Calibration, Threshold
 from .store import ClipRow, MetaRow, VoiceRow, utcnow
 
-#: Thresholds ``calibrate`` reports error rates at, besides the one it chooses.
-CANDIDATES = tuple(round(0.50 + 0.05 * n, 2) for n in range(10))
+#: Thresholds ``calibrate`` reports error rates at, besides the one it chooses (and stores, for verdicts).
+CANDIDATES = tuple(round(0.30 + 0.05 * n, 2) for n in range(14))
 
 
-def meta_key(encoder: str) -> str:
-    """The ``meta`` row holding the threshold calibrated for ``encoder``: a prefix of its SHA-256, as keys
-    hold 64 characters (the full checksum is kept in the value and compared)."""
-    return f"threshold:{encoder[:48]}"
+def meta_key(identity: str) -> str:
+    """The ``meta`` row holding the threshold calibrated for a matcher ``identity`` (``Thresholds.identity``):
+    a prefix of the identity's SHA-256, as keys hold 64 characters (the identity is kept in the value)."""
+    return f"threshold:{hashlib.sha256(identity.encode()).hexdigest()[:48]}"
 
 
-def verdict(score: float, threshold: float) -> str:
-    """How sure a match is, in words: clear of the threshold by ``config.VERDICT_MARGIN`` it is "same
-    speaker" above and "unknown speaker" below; within the margin "probably" (at or above the threshold,
-    so it counts) or "possibly" (below it, so it does not)."""
-    margin, above = config.VERDICT_MARGIN, distance(score, threshold)
-    if above >= margin:
-        return "same speaker"
+Rates = tuple[tuple[float, float, float], ...]
+
+
+def rates_at(score: float, rates: Rates) -> tuple[float, float]:
+    """(false-reject rate, false-accept rate) had the threshold been ``score``: the measured rates, interpolated."""
+    cuts = [t for t, _, _ in rates]
+    return (
+        float(np.interp(score, cuts, [frr for _, frr, _ in rates])),
+        float(np.interp(score, cuts, [far for _, _, far in rates])),
+    )
+
+
+def verdict(score: float, threshold: float, rates: Rates | None = None) -> str:
+    """How sure a match is, in words. At or above the threshold: "same speaker" when at most
+    ``config.SURE_FALSE_ACCEPT`` of different-speaker pairs were measured to score as high, else "probably
+    the same speaker". Below it: "unknown speaker" when at most ``config.SURE_FALSE_REJECT`` of same-speaker
+    pairs score as low, else "possibly the same speaker, below the threshold". Without measured rates, a
+    fixed ``config.VERDICT_MARGIN`` around the threshold stands in for them."""
+    above = distance(score, threshold)
+    if rates is not None:
+        false_reject, false_accept = rates_at(score, rates)
+        sure = false_accept <= config.SURE_FALSE_ACCEPT if above >= 0 else false_reject <= config.SURE_FALSE_REJECT
+    else:
+        sure = abs(above) >= config.VERDICT_MARGIN
     if above >= 0:
-        return "probably the same speaker"
-    if above >= -margin:
-        return "possibly the same speaker, below the threshold"
-    return "unknown speaker"
+        return "same speaker" if sure else "probably the same speaker"
+    return "unknown speaker" if sure else "possibly the same speaker, below the threshold"
 
 
 def distance(score: float, threshold: float) -> float:
@@ -54,9 +72,18 @@ def distance(score: float, threshold: float) -> float:
     return round(score - threshold, 6)
 
 
-def near_threshold(score: float, threshold: float) -> bool:
+def near_threshold(score: float, threshold: float, rates: Rates | None = None) -> bool:
     """Whether a score is too close to the threshold for a sure answer (what more enrolled audio helps)."""
-    return abs(distance(score, threshold)) < config.VERDICT_MARGIN
+    return verdict(score, threshold, rates).startswith(("probably", "possibly"))
+
+
+def describe_rates(score: float, rates: Rates) -> str:
+    """What the measured rates say about a score, for a person."""
+    false_reject, false_accept = rates_at(score, rates)
+    return (
+        f"{false_accept:.1%} of different-speaker pairs and {1 - false_reject:.0%} of same-speaker pairs "
+        "were measured to score this high"
+    )
 
 
 def error_rates(same: np.ndarray, different: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -84,7 +111,8 @@ def calibration_scores(clips: list[list[np.ndarray]], vectors: list[np.ndarray])
     """(same-speaker, different-speaker) cosine scores of voices given as their clip embeddings and stored vectors.
 
     Same speaker, leave one out: each clip of a voice with two or more clips against the L2-normalised mean
-    of that voice's other clips. Different speakers: each clip of every voice against every other voice's
+    of that voice's other clips (for a fused matcher, the mean of fused vectors, close to what the index
+    holds: the encoders' means, fused). Different speakers: each clip of every voice against every other voice's
     stored vector, the comparison ``match`` makes between a query clip and an enrolled voice.
     """
     same = [
@@ -108,42 +136,55 @@ def evenly(items: list[int], count: int) -> list[int]:
 
 
 class Thresholds:
-    def __init__(self, ctx: LibraryContext, catalog: Catalog) -> None:
+    def __init__(self, ctx: LibraryContext, catalog: Catalog, matcher: Matcher) -> None:
         self.ctx = ctx
         self.catalog = catalog
+        self.matcher = matcher
 
-    def encoder(self) -> str:
-        """The checksum of the voice encoder the library's vectors come from (an empty library: the engine's)."""
-        return self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
+    def identity(self) -> str:
+        """The library's matcher and the weights of its encoders (``matcher:sha16[:sha16]``): scores are
+        comparable only within one identity. Checksums come from the library, else from the engine."""
+        matcher = self.matcher.name()
+        sums = []
+        with self.ctx.store.session() as session:
+            for encoder in encoders_of(matcher):
+                row = session.get(MetaRow, CHECKSUM_KEYS[encoder])
+                sums.append(row.value if row else self.matcher.encoders.checksum(encoder))
+        return ":".join([matcher, *(checksum[:16] for checksum in sums)])
 
     def resolve(self, given: float | None = None) -> Threshold:
-        """The threshold ``match`` applies and where it comes from (see the module docstring)."""
+        """The threshold ``match`` applies, where it comes from, and the matcher's measured error rates (see
+        the module docstring): a calibration's, else the shipped ones, whichever threshold applies."""
+        identity = self.identity()
+        matcher = identity.split(":")[0]
+        with self.ctx.store.session() as session:
+            row = session.get(MetaRow, meta_key(identity))
+            stored = json.loads(row.value) if row else None
+        calibrated = stored if stored is not None and stored.get("identity") == identity else None
+        shipped = config.SHIPPED_THRESHOLDS.get(identity)
+        measured = calibrated or shipped
+        rates = tuple(tuple(r) for r in measured["rates"]) if measured else None
         if given is not None:
             check_threshold(given)
-            return Threshold(given, "argument", "given explicitly")
-        encoder = self.encoder()
-        with self.ctx.store.session() as session:
-            row = session.get(MetaRow, meta_key(encoder))
-            stored = row.value if row else None
-        if stored is not None:
-            data = json.loads(stored)
-            if data["encoder"] == encoder:
-                source = (
-                    f"calibrated on {data['voices']} voices / {data['same']} same-speaker and "
-                    f"{data['different']} different-speaker scores on {data['date']}"
-                )
-                return Threshold(data["threshold"], "calibrated", source)
-        if encoder in config.SHIPPED_THRESHOLDS:
-            return Threshold(config.SHIPPED_THRESHOLDS[encoder], "shipped", "shipped default for this voice encoder")
-        return Threshold(config.DEFAULT_THRESHOLD, "default", "shipped default (not measured for this voice encoder)")
+            return Threshold(given, "argument", "given explicitly", matcher, rates)
+        if calibrated is not None:
+            source = (
+                f"calibrated on {calibrated['voices']} voices / {calibrated['same']} same-speaker and "
+                f"{calibrated['different']} different-speaker scores on {calibrated['date']}"
+            )
+            return Threshold(calibrated["threshold"], "calibrated", source, matcher, rates)
+        if shipped is not None:
+            source = f"shipped default for {matcher} with these weights, measured on {shipped['measured_on']}"
+            return Threshold(shipped["threshold"], "shipped", source, matcher, rates)
+        source = "shipped default (not measured for these encoder weights)"
+        return Threshold(config.DEFAULT_THRESHOLD, "default", source, matcher, None)
 
     def calibrate(self, dry_run: bool = False) -> Calibration:
         """Measure the library's same- and different-speaker scores from the stored clip embeddings (no audio
         is decoded), choose the equal-error-rate threshold, and store it for the library's encoder."""
-        encoder = self.ctx.library_encoder()
         clips, vectors = self._voices()
         multi = sum(len(own) >= 2 for own in clips)
-        if encoder is None or multi < config.MIN_CALIBRATION_VOICES:
+        if multi < config.MIN_CALIBRATION_VOICES:
             raise VoiceDBError(
                 f"calibrating needs at least {config.MIN_CALIBRATION_VOICES} voices with two or more clips "
                 f"(this library has {multi}); add clips with `voicedb add CLIP --voice ID`."
@@ -152,8 +193,10 @@ class Thresholds:
         chosen = round(equal_error_threshold(same, different), 2)  # as people write thresholds
         rates = [(t, *error_rates(same, different, t)) for t in sorted({*CANDIDATES, chosen})]
         if not dry_run:
+            identity = self.identity()
             record = {
-                "encoder": encoder,
+                "identity": identity,
+                "rates": [[t, round(frr, 4), round(far, 4)] for t, frr, far in rates if t in CANDIDATES],
                 "threshold": chosen,
                 "voices": len(clips),
                 "same": len(same),
@@ -161,12 +204,14 @@ class Thresholds:
                 "date": utcnow().date().isoformat(),
             }
             with self.catalog.write("calibrate") as change:
-                change.session.merge(MetaRow(key=meta_key(encoder), value=json.dumps(record)))
+                change.session.merge(MetaRow(key=meta_key(identity), value=json.dumps(record, separators=(",", ":"))))
         return Calibration(chosen, len(clips), len(same), len(different), rates, stored=not dry_run)
 
     def _voices(self) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
-        """(clip embeddings, stored vector) of the voices that have clips: those with two or more first, at
-        most ``config.MAX_CALIBRATION_VOICES`` in all."""
+        """(clip vectors, voice vector) in the library's matching space of the voices whose every clip has
+        them: those with two or more clips first, at most ``config.MAX_CALIBRATION_VOICES`` in all."""
+        matcher = self.matcher.name()
+        encoders = encoders_of(matcher)
         with self.ctx.store.session() as session:
             counts = session.execute(
                 select(ClipRow.voice_pk, func.count()).group_by(ClipRow.voice_pk).order_by(ClipRow.voice_pk)
@@ -175,11 +220,13 @@ class Thresholds:
             chosen = evenly([pk for pk, n in counts if n >= 2], limit)
             chosen += evenly([pk for pk, n in counts if n < 2], limit - len(chosen))
             clips: dict[int, list[np.ndarray]] = defaultdict(list)
-            for pk, embedding in session.execute(
-                select(ClipRow.voice_pk, ClipRow.embedding).where(ClipRow.voice_pk.in_(chosen)).order_by(ClipRow.pk)
-            ):
-                clips[pk].append(normalised(np.frombuffer(embedding, dtype=np.float32)))
-            vectors = dict(
-                session.execute(select(VoiceRow.pk, VoiceRow.embedding).where(VoiceRow.pk.in_(chosen))).all()
-            )
-        return [clips[pk] for pk in chosen], [normalised(np.frombuffer(vectors[pk], dtype=np.float32)) for pk in chosen]
+            vectors: dict[int, np.ndarray] = {}
+            for row in session.scalars(select(VoiceRow).where(VoiceRow.pk.in_(chosen))):
+                voice = matcher_vector(row, matcher)
+                found = [{v.encoder: np.frombuffer(v.vector, np.float32) for v in c.match_vectors} for c in row.clips]
+                if voice is None or any(set(encoders) - set(clip) for clip in found):
+                    continue
+                clips[row.pk] = [fuse([clip[encoder] for encoder in encoders]) for clip in found]
+                vectors[row.pk] = voice
+        kept = [pk for pk in chosen if pk in vectors]
+        return [clips[pk] for pk in kept], [vectors[pk] for pk in kept]

@@ -39,8 +39,9 @@ from .errors import (
 from .faults import crash_point
 from .files import atomic_path
 from .flavours import languages
+from .matchers import CHATTERBOX, CHECKSUM_KEYS, ClipVectors, encoders_of, fuse, mean_vector
 from .records import Voice
-from .store import ClipRow, MetaRow, VoiceRow, utcnow
+from .store import ClipRow, ClipVectorRow, MetaRow, VoiceRow, VoiceVectorRow, utcnow
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{8}$")
 #: The shortest start of an id that ``resolve`` accepts (shorter prefixes are too often ambiguous).
@@ -251,6 +252,10 @@ class Change:
                 sample_rate=clip.sample_rate,
                 embedding=np.asarray(clip.vector, dtype=np.float32).tobytes(),
                 added_at=utcnow(),
+                match_vectors=[
+                    ClipVectorRow(encoder=encoder, checksum=checksum, vector=np.asarray(v, np.float32).tobytes())
+                    for encoder, (checksum, v) in clip.match.items()
+                ],
             )
         )
 
@@ -266,6 +271,40 @@ class KeptClip:
     speech_s: float
     sample_rate: int
     vector: np.ndarray
+    #: Its matching vectors (``speakers.SpeakerEncoders.embed``); none for a clip imported without them.
+    match: ClipVectors = field(default_factory=dict)
+
+
+def refresh_match_vectors(session: Session, row: VoiceRow) -> None:
+    """Set a voice's matching vectors to the mean of its clips' by each encoder that embedded every clip
+    with the same weights (others are dropped: ``check`` reports the gap), and record those weights."""
+    by_encoder: dict[tuple[str, str], list[np.ndarray]] = {}
+    for clip in row.clips:
+        for found in clip.match_vectors:
+            by_encoder.setdefault((found.encoder, found.checksum), []).append(
+                np.frombuffer(found.vector, dtype=np.float32)
+            )
+    complete = {enc: (sum_, vecs) for (enc, sum_), vecs in by_encoder.items() if len(vecs) == len(row.clips)}
+    current = {found.encoder: found for found in row.match_vectors}
+    for encoder, found in current.items():
+        if encoder not in complete:
+            row.match_vectors.remove(found)
+    for encoder, (checksum, vectors) in complete.items():
+        vector = mean_vector(vectors).tobytes()
+        if encoder in current:
+            current[encoder].checksum, current[encoder].vector = checksum, vector
+        else:
+            row.match_vectors.append(VoiceVectorRow(encoder=encoder, checksum=checksum, vector=vector))
+        session.merge(MetaRow(key=CHECKSUM_KEYS[encoder], value=checksum))
+
+
+def matcher_vector(row: VoiceRow, matcher: str) -> np.ndarray | None:
+    """The voice's vector in the index of ``matcher``, or ``None`` when it lacks one of its encoders
+    (a voice without a Chatterbox matching vector is represented by its conditionals embedding)."""
+    stored = {found.encoder: np.frombuffer(found.vector, dtype=np.float32) for found in row.match_vectors}
+    stored.setdefault(CHATTERBOX, row.vector)
+    parts = [stored.get(encoder) for encoder in encoders_of(matcher)]
+    return None if any(part is None for part in parts) else fuse(parts)
 
 
 class Catalog:
@@ -289,8 +328,12 @@ class Catalog:
                 with ctx.store.session() as session:
                     change = Change(session, ctx.home)
                     yield change
+                    session.flush()
+                    for row in change.reindexed:
+                        refresh_match_vectors(session, row)
                     if change.reindexed or change.unindexed or change.rebuild_index:
                         change.generation = ctx.store.bump_generation(session)
+                    matcher = ctx.store.matcher(session)
                     session.flush()
                     crash_point(f"{phase}:before-commit")
             except BaseException as exc:
@@ -309,10 +352,12 @@ class Catalog:
             if change.rebuild_index:
                 rebuild_quietly(ctx)
             elif change.generation is not None:
+                vectors = [(row.pk, matcher_vector(row, matcher)) for row in change.reindexed]
                 ctx.index.apply(
                     change.generation,
-                    add=[(row.pk, row.vector.copy()) for row in change.reindexed],
-                    remove=change.unindexed,
+                    matcher,
+                    add=[(pk, vector.copy()) for pk, vector in vectors if vector is not None],
+                    remove=[*change.unindexed, *(pk for pk, vector in vectors if vector is None)],
                 )
 
     # -- reading -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, select
 
 from .catalog import Catalog
 from .conditionals import ConditionalsStore, speaker_matches
@@ -24,6 +25,7 @@ from .files import leftover_temp_files, sha256_file
 from .index import misfit
 from .matching import mean_embedding
 from .records import Problem
+from .store import VoiceRow
 
 
 class Checker:
@@ -47,6 +49,7 @@ class Checker:
         self._clip_files()
         self._conditionals()
         self._embeddings()
+        self._match_vectors()
         self._index()
         return self.problems
 
@@ -148,12 +151,35 @@ class Checker:
             with self.catalog.write("check") as change:
                 change.session.merge(MetaRow(key="encoder", value=current))
 
+    def _match_vectors(self) -> None:
+        """Kept clips without the matcher's vectors (enrolled before matchers existed, or by other weights):
+        embedded on repair. Voices without clips that the matcher cannot compare are reported."""
+        matcher = self.enrollment.matcher.name()
+        try:
+            missing = self.enrollment.missing_match_vectors(matcher)
+        except VoiceDBError as exc:
+            self._report("unrepaired", f"cannot check matching vectors: {exc}")
+            return
+        if missing:
+            message = f"{len(missing)} kept clips lack matching vectors for the matcher {matcher}"
+            self._report("matching", message, self._try(self.enrollment.fill_match_vectors, matcher))
+        with self.ctx.store.session() as session:
+            pks, _ = self.ctx.store.all_vectors(session, matcher)
+            total = session.scalar(select(func.count()).select_from(VoiceRow))
+        if unmatched := total - len(pks):
+            self._report(
+                "matching",
+                f"{unmatched} voices have no kept audio to embed for the matcher {matcher}, so `match` never "
+                "finds them; re-enroll them or `voicedb matcher chatterbox`",
+            )
+
     def _index(self) -> None:
         files = self.ctx.index.files
         with self.ctx.store.session() as session:
             generation = self.ctx.store.generation(session)
-            index = files.load(generation)
-            pks, vectors = self.ctx.store.all_vectors(session)
+            matcher = self.ctx.store.matcher(session)
+            index = files.load(generation, matcher)
+            pks, vectors = self.ctx.store.all_vectors(session, matcher)
         if index is not None:
             if not index_matches(index, pks, vectors):
                 reason = "holds other voices or vectors than the database"

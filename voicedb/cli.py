@@ -15,6 +15,7 @@ import click
 from . import config
 from .errors import NoMatch, VoiceDBError
 from .flavours import FLAVOURS  # the model table only: nothing here imports torch until a command needs it
+from .matchers import MATCHERS
 
 if TYPE_CHECKING:
     from .records import SpeakResult
@@ -302,7 +303,7 @@ def add_many(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print {matches: [{id, name, score, verdict}], threshold, threshold_source}.",
+    help="Print {matches: [{id, name, score, verdict}], threshold, threshold_source, matcher}.",
 )
 @click.pass_context
 def match(
@@ -319,12 +320,14 @@ def match(
 ) -> None:
     """Find the stored voices nearest to the speaker in CLIP.
 
-    Prints cosine scores, best first, each with a verdict in words: "same speaker", "probably the
-    same speaker" (just above the threshold), "possibly the same speaker, below the threshold"
-    (just below), "unknown speaker". Exits with status 1 and "unknown speaker" when no voice
-    reaches the threshold.
+    Prints scores (cosine similarity; for a fused matcher the mean of the encoders' cosines), best
+    first, each with a verdict in words that follows from the error rates measured for the matcher:
+    "same speaker" (different speakers almost never score this high), "probably the same speaker"
+    (above the threshold, but some do), "possibly the same speaker, below the threshold" (some clips
+    of the same speaker score this low), "unknown speaker". Exits with status 1 and "unknown
+    speaker" when no voice reaches the threshold; near it, a hint says how to get surer matches.
     """
-    from .calibration import near_threshold, verdict
+    from .calibration import describe_rates, near_threshold, verdict
 
     db = library(ctx)
     applied = db.threshold(threshold)
@@ -334,20 +337,21 @@ def match(
         if as_json:  # scripts parse the output; the error line and exit 1 still say "unknown speaker"
             emit_json({"matches": [], **applied.to_dict()})
         best = exc.nearest[0] if exc.nearest else None
-        if best is not None and near_threshold(best.score, applied.value):
+        if best is not None and near_threshold(best.score, applied.value, applied.rates):
             raise NoMatch(f"{str(exc).rstrip('.')}: close, so {enroll_hint(best.id)}", nearest=exc.nearest) from None
         raise
     if as_json:
-        found = [{**m.to_dict(), "verdict": verdict(m.score, applied.value)} for m in matches]
+        found = [{**m.to_dict(), "verdict": verdict(m.score, applied.value, applied.rates)} for m in matches]
         emit_json({"matches": found, **applied.to_dict()})
     else:
         for m in matches:
-            click.echo(f"{m.score:6.3f}  {m.id}  {m.name}  {verdict(m.score, applied.value)}")
-    if matches and near_threshold(matches[0].score, applied.value):
+            click.echo(f"{m.score:6.3f}  {m.id}  {m.name}  {verdict(m.score, applied.value, applied.rates)}")
+    if matches and near_threshold(matches[0].score, applied.value, applied.rates):
         best = matches[0]
+        measured = f"; {describe_rates(best.score, applied.rates)}" if applied.rates else ""
         click.echo(
             f"hint: {best.name} scores {best.score:.3f}, near the threshold {applied.value:.2f} "
-            f"({applied.source}): {enroll_hint(best.id)}",
+            f"({applied.source}{measured}): {enroll_hint(best.id)}",
             err=True,
         )
     if speak_text and matches:
@@ -453,6 +457,30 @@ def show(ctx: click.Context, voice: str, as_json: bool) -> None:
     for conds in details["conditionals"]:
         click.echo(f"  conds {conds['file']}  ({conds['model']})")
     click.echo(f"{'threshold:':<12}{details['threshold']:.2f} ({details['threshold_source']})")
+    click.echo(f"{'matcher:':<12}{details['matcher']}")
+
+
+@cli.command(name="matcher")
+@click.argument("name", required=False, type=click.Choice(list(MATCHERS)))
+@click.pass_context
+def matcher_command(ctx: click.Context, name: str | None) -> None:
+    """Show or choose the speaker encoder(s) `match` compares voices with.
+
+    \b
+    chatterbox           Chatterbox's voice encoder (the one the conditionals use)
+    campplus             CAM++, a speaker-verification network (weights: campplus_cn_en_common.pt)
+    chatterbox+campplus  both, scores averaged: the default where CAM++'s weights are available
+
+    Switching embeds the kept clips with the encoder they lack (no re-enrollment) and rebuilds the
+    index; a calibrated threshold belongs to one matcher, so run `voicedb calibrate` again after.
+    """
+    db = library(ctx)
+    if name is None:
+        click.echo(db.matcher())
+        return
+    with progress_bar() as hook:
+        embedded = db.switch_matcher(name, progress=hook)
+    click.echo(f"matching with {name} ({embedded} clips embedded)")
 
 
 @cli.command()

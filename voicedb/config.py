@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import VoiceDBError
 
@@ -17,18 +19,27 @@ INDEX_EXACT_MAX_ENV = "VOICEDB_INDEX_EXACT_MAX"
 #: ``scripts/measure_threshold.py`` (see README, "Choosing the threshold").
 DEFAULT_THRESHOLD = 0.80
 
-#: Shipped thresholds per voice-encoder checkpoint, keyed by the SHA-256 of its weights file: the scores of
-#: two encoders are not comparable. ``match`` uses the one of the library's encoder unless the library was
-#: calibrated (``voicedb calibrate``) or a threshold is given; an encoder missing here gets
-#: ``DEFAULT_THRESHOLD``. The official ``ResembleAI/chatterbox`` ``ve.safetensors`` belongs here with the
-#: value measured for it on the development set; until its digest is recorded it gets ``DEFAULT_THRESHOLD``.
-SHIPPED_THRESHOLDS: dict[str, float] = {
-    # the offline test checkpoint (Resemblyzer's weights, written by scripts/make_test_checkpoint.py)
-    "f1a77fed4fd9f7dbc44309f860088830d38e037f30494c6e51315f109c38e648": 0.80,
-}
+#: Shipped thresholds and the error rates measured around them, per matcher identity
+#: (``matcher:<sha16 of each encoder's weights>``, see ``calibration.Thresholds.identity``): scores of two
+#: encoders, or of two checkpoints of one encoder, are not comparable. Chosen on the development set by
+#: ``scripts/eval_matching.py --write-shipped`` (README, "Matching you can trust"). ``match`` uses the value
+#: of the library's identity unless the library was calibrated (``voicedb calibrate``) or a threshold is
+#: given; an identity missing here gets ``DEFAULT_THRESHOLD``. The official ``ResembleAI/chatterbox``
+#: ``ve.safetensors`` could not be measured here (the hub is unreachable), so libraries using it get the
+#: default until someone runs that script with the official checkpoint.
+SHIPPED_THRESHOLDS: dict[str, dict[str, Any]] = json.loads(
+    Path(__file__).with_name("shipped_thresholds.json").read_text()
+)
 
-#: Scores this close to the threshold are uncertain: ``match`` words them "probably" (above) and "possibly"
-#: (below) rather than "same speaker" and "unknown speaker", and suggests enrolling more audio.
+#: How sure a verdict is, from the measured error rates at the score: at or above the threshold it is
+#: "same speaker" when at most this share of different-speaker pairs score as high, else "probably".
+SURE_FALSE_ACCEPT = 0.001
+#: Below the threshold it is "unknown speaker" when at most this share of same-speaker pairs score as low,
+#: else "possibly the same speaker".
+SURE_FALSE_REJECT = 0.01
+
+#: Without measured rates (a matcher nobody measured): scores this close to the threshold are uncertain, and
+#: ``match`` words them "probably" (above) and "possibly" (below) rather than "same speaker" and "unknown speaker".
 VERDICT_MARGIN = 0.05
 
 #: ``calibrate`` needs this many voices with two or more clips (same-speaker scores of several speakers).

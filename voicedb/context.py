@@ -58,8 +58,9 @@ class LibraryContext:
                 self.store.upgrade()
             if not self.index.files.index_path.exists():
                 with self.store.session() as session:
-                    pks, vectors = self.store.all_vectors(session)
-                    self.index.files.save(new_index(pks, vectors), self.store.generation(session))
+                    matcher = self.store.matcher(session)
+                    pks, vectors = self.store.all_vectors(session, matcher)
+                    self.index.files.save(new_index(pks, vectors), self.store.generation(session), matcher)
 
     @property
     def engine(self) -> Engine:

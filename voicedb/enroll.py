@@ -13,18 +13,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from . import config
 from .audio import AudioInput, AudioSource, BestReference, LoadedClip, audio_source, expand_audio_paths, load_clip
+from .calibration import Thresholds
 from .catalog import Catalog, KeptClip, check_language, check_name, voice_record
 from .conditionals import ConditionalsStore, best_reference
 from .context import LibraryContext
 from .errors import AudioError, LibraryError, QualityError
 from .faults import crash_point
 from .flavours import flavour_named
+from .matchers import MATCHER_KEY, ClipVectors, check_matcher, encoders_of, fuse_clips
 from .matching import Matcher, mean_embedding
 from .records import AddResult
-from .store import utcnow
+from .store import ClipRow, ClipVectorRow, MetaRow, utcnow
 
 #: ``progress(done, total, label)`` is called as multi-step work advances.
 ProgressHook = Callable[[int, int, str], None]
@@ -58,12 +62,18 @@ def default_name(audio: Sequence[AudioInput], sources: Sequence[AudioSource]) ->
 
 class Enrollment:
     def __init__(
-        self, ctx: LibraryContext, catalog: Catalog, conditionals: ConditionalsStore, matcher: Matcher
+        self,
+        ctx: LibraryContext,
+        catalog: Catalog,
+        conditionals: ConditionalsStore,
+        matcher: Matcher,
+        thresholds: Thresholds,
     ) -> None:
         self.ctx = ctx
         self.catalog = catalog
         self.conditionals = conditionals
         self.matcher = matcher
+        self.thresholds = thresholds
 
     def add(
         self,
@@ -94,10 +104,14 @@ class Enrollment:
                 kept = [self.ctx.path(c.file) for c in row.clips]
         encoder = self.ctx.engine.encoder_checksum
         self.ctx.check_encoder(encoder)  # before any embedding work
-        clips, embeddings, reference = self._embed_all(sources, flavour.min_seconds, progress)
+        matcher = self.matcher.name()
+        self.matcher.check_checksums(matcher)
+        clips, embeddings, match, reference = self._embed_all(sources, flavour.min_seconds, matcher, progress)
         mean = mean_embedding(existing + embeddings)
         warnings = [w for clip in clips for w in clip.warnings]
-        warnings += self.similarity_warnings(clips, embeddings, mean, existing, voice_id)
+        warnings += self.similarity_warnings(clips, embeddings, mean, existing)
+        if voice is None:
+            warnings += self.duplicate_warnings(fuse_clips(match, matcher), voice_id)
         if strict and warnings:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
         prepared = None
@@ -108,6 +122,8 @@ class Enrollment:
             prepared = self.conditionals.compute(flavour, best, mean)
         with self.catalog.write("add") as change:
             self.catalog.refuse_duplicate_clips({c.sha256: c.name for c in clips}, change.session)
+            if self.matcher.settle(change.session) != matcher:
+                raise LibraryError("the library's matcher changed while the clips were analysed; try again.")
             if voice_id is None:
                 self.catalog.check_name_free(name, change.session)
                 row = change.new_voice(name, tags, mean, encoder, language)
@@ -121,9 +137,16 @@ class Enrollment:
                 row.updated_at = utcnow()
                 row.embedding = mean.tobytes()
                 change.reindex(row)
-            for clip, vector in zip(clips, embeddings, strict=True):
+            for clip, vector, vectors in zip(clips, embeddings, match, strict=True):
                 kept = KeptClip(
-                    clip.sha256, clip.source.suffix, clip.name, clip.duration_s, clip.speech_s, clip.sample_rate, vector
+                    clip.sha256,
+                    clip.source.suffix,
+                    clip.name,
+                    clip.duration_s,
+                    clip.speech_s,
+                    clip.sample_rate,
+                    vector,
+                    vectors,
                 )
                 change.keep_clip(row, kept, clip.source.write_copy)
             crash_point("add:clips-written")
@@ -136,12 +159,14 @@ class Enrollment:
         return result
 
     def _embed_all(
-        self, sources: Sequence[AudioSource], min_seconds: float, progress: ProgressHook | None
-    ) -> tuple[list[LoadedClip], list[np.ndarray], BestReference]:
-        """Decode, check and embed every clip, keeping one clip's samples at a time: the best reference's,
-        returned with the clips."""
+        self, sources: Sequence[AudioSource], min_seconds: float, matcher: str, progress: ProgressHook | None
+    ) -> tuple[list[LoadedClip], list[np.ndarray], list[ClipVectors], BestReference]:
+        """Decode, check and embed every clip (for the conditionals and for ``matcher``), keeping one clip's
+        samples at a time: the best reference's, returned with the clips."""
         clips: list[LoadedClip] = []
         embeddings: list[np.ndarray] = []
+        match: list[ClipVectors] = []
+        encoders = encoders_of(matcher)
         reference = BestReference()
         for done, source in enumerate(sources):
             if progress:
@@ -151,9 +176,10 @@ class Enrollment:
                 continue  # the same recording given twice
             self.catalog.refuse_duplicate_clips({clip.sha256: str(source.path or source.name)})
             embeddings.append(self.ctx.engine.embed(clip.wav_16k))
+            match.append(self.matcher.encoders.embed(clip.wav_16k, encoders))
             clips.append(clip)
             reference.offer(clip)
-        return clips, embeddings, reference
+        return clips, embeddings, match, reference
 
     def similarity_warnings(
         self,
@@ -161,10 +187,9 @@ class Enrollment:
         embeddings: Sequence[np.ndarray],
         mean: np.ndarray,
         stored: Sequence[np.ndarray] = (),
-        exclude_id: str | None = None,
     ) -> list[str]:
         """New clips that sound like another speaker than the voice's other clips (``stored`` ones and the
-        other new ones), and stored voices the resulting voice nearly duplicates."""
+        other new ones)."""
         found = []
         if len(stored) + len(embeddings) > 1:
             for n, (clip, embedding) in enumerate(zip(clips, embeddings, strict=True)):
@@ -172,19 +197,21 @@ class Enrollment:
                 score = float(embedding @ others)
                 if score < config.DEFAULT_THRESHOLD:
                     found.append(f"{clip.name}: scores only {score:.2f} against the other clips (another speaker?)")
-        found += self.duplicate_warnings(mean, exclude_id)
         return found
 
     def duplicate_warnings(self, vector: np.ndarray, exclude_id: str | None = None) -> list[str]:
-        """Stored voices that ``vector`` nearly duplicates."""
+        """Stored voices that a new voice (``vector``: in the matching space) nearly duplicates: scores clear
+        of the library's threshold by the verdict margin, where a match would say "same speaker"."""
+        line = self.thresholds.resolve().value + config.VERDICT_MARGIN
         return [
             f"nearly duplicates voice {hit.id} ({hit.name}) with score {hit.score:.2f}"
             for hit in self.matcher.match_vector(vector, k=2)
-            if hit.id != exclude_id and hit.score >= config.DEFAULT_THRESHOLD
+            if hit.id != exclude_id and hit.score >= line
         ]
 
     def reembed(self, ref: str) -> None:
-        """Embed a voice's kept clips again with the current encoder (after an encoder change)."""
+        """Embed a voice's kept clips again with the current encoders (after an encoder change): the
+        conditionals embedding and the matcher's vectors, in one change."""
         with self.ctx.store.session() as session:
             row = self.catalog.row(session, ref)
             voice_id = row.id
@@ -192,11 +219,21 @@ class Enrollment:
         if not clips:
             raise LibraryError(f"voice {voice_id} has no kept clips to re-embed (it was imported); re-import it.")
         engine = self.ctx.engine
-        vectors = {sha: engine.embed(load_clip(path).wav_16k) for sha, path in clips}
+        matcher = self.matcher.name()
+        self.matcher.encoders.require(matcher)
+        vectors, match = {}, {}
+        for sha, path in clips:
+            wav = load_clip(path).wav_16k
+            vectors[sha] = engine.embed(wav)
+            match[sha] = self.matcher.encoders.embed(wav, encoders_of(matcher))
         with self.catalog.write("reembed") as change:
             row = self.catalog.row(change.session, voice_id)
             for clip in row.clips:
                 clip.embedding = vectors[clip.sha256].tobytes()
+                clip.match_vectors = [
+                    ClipVectorRow(encoder=encoder, checksum=checksum, vector=vector.tobytes())
+                    for encoder, (checksum, vector) in match[clip.sha256].items()
+                ]
             row.embedding = mean_embedding(list(vectors.values())).tobytes()
             row.encoder = engine.encoder_checksum
             self.conditionals.forget(change, row)
@@ -209,3 +246,51 @@ class Enrollment:
             row.embedding = mean_embedding([c.vector for c in row.clips]).tobytes()
             self.conditionals.forget(change, row)
             change.reindex(row)
+
+    def missing_match_vectors(self, matcher: str) -> list[tuple[int, Path, tuple[str, ...]]]:
+        """(clip pk, kept file, encoders) of the kept clips that lack ``matcher``'s vectors by the current weights."""
+        encoders = encoders_of(matcher)
+        sums = {encoder: self.matcher.encoders.checksum(encoder) for encoder in encoders}
+        with self.ctx.store.session() as session:
+            clips = session.scalars(select(ClipRow).options(selectinload(ClipRow.match_vectors)).order_by(ClipRow.pk))
+            missing = []
+            for clip in clips:
+                have = {(found.encoder, found.checksum) for found in clip.match_vectors}
+                lacking = tuple(encoder for encoder in encoders if (encoder, sums[encoder]) not in have)
+                if lacking:
+                    missing.append((clip.pk, self.ctx.path(clip.file), lacking))
+        return missing
+
+    def fill_match_vectors(self, matcher: str, progress: ProgressHook | None = None) -> int:
+        """Embed the kept clips that lack ``matcher``'s vectors (decoding outside the lock), store them and their
+        voices' vectors in one change; returns how many clips were embedded. What switching matchers costs."""
+        self.matcher.encoders.require(matcher)
+        missing = self.missing_match_vectors(matcher)
+        found: dict[int, ClipVectors] = {}
+        for done, (clip_pk, path, encoders) in enumerate(missing):
+            if progress:
+                progress(done, len(missing), path.name)
+            found[clip_pk] = self.matcher.encoders.embed(load_clip(path).wav_16k, encoders)
+        if progress:
+            progress(len(missing), len(missing), "saving")
+        if found:
+            with self.catalog.write("embed-clips") as change:
+                for clip_pk, vectors in found.items():
+                    clip = change.session.get(ClipRow, clip_pk)
+                    if clip is None:  # removed meanwhile
+                        continue
+                    clip.match_vectors = [v for v in clip.match_vectors if v.encoder not in vectors] + [
+                        ClipVectorRow(encoder=encoder, checksum=checksum, vector=vector.tobytes())
+                        for encoder, (checksum, vector) in vectors.items()
+                    ]
+                    change.reindex(clip.voice)
+        return len(found)
+
+    def switch_matcher(self, matcher: str, progress: ProgressHook | None = None) -> int:
+        """Make ``matcher`` the library's: embed what its kept clips lack, record it, rebuild the index."""
+        check_matcher(matcher)
+        embedded = self.fill_match_vectors(matcher, progress)
+        with self.catalog.write("matcher") as change:
+            change.session.merge(MetaRow(key=MATCHER_KEY, value=matcher))
+            change.reindex_all()
+        return embedded

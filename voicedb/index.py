@@ -1,12 +1,14 @@
 """The FAISS index: derived data, rebuilt from SQLite whenever it is missing, stale or unreadable.
 
-``index.faiss`` holds an inner-product index over L2-normalised 256-d float32 vectors (so scores are
-cosine similarities) whose FAISS ids are the voices' integer primary keys. Its kind follows the
+``index.faiss`` holds an inner-product index over the voices' unit vectors by the library's matcher
+(``matchers``: 256-d for the Chatterbox encoder, 192-d for CAM++, their fusion 448-d), so scores are
+cosine similarities (or, fused, the mean of the encoders' cosines); its FAISS ids are the voices'
+integer primary keys. Its kind follows the
 library's size: exact (``IndexIDMap2(IndexFlatIP)``) up to ``config.index_exact_max()`` voices, IVF-Flat
 above, whose lists keep the full vectors, so each candidate it visits gets its exact cosine and only
 a voice in a list it does not visit can be missed. ``index.json`` beside it records the library
 generation the index was built at (SQLite bumps that counter in the same transaction as every change
-to a voice vector, so a mismatch means "stale: rebuild"), its size and its kind.
+to a voice vector or to the matcher, so a mismatch means "stale: rebuild"), its size, kind and matcher.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from . import config
 from .faults import crash_point
 from .files import atomic_path, atomic_write_bytes
-from .store import EMBEDDING_DIM
+from .matchers import LEGACY_MATCHER, dimension
 
 if TYPE_CHECKING:
     from .locks import WriterLock
@@ -86,14 +88,15 @@ def new_index(pks: np.ndarray, vectors: np.ndarray, exact_max: int | None = None
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
     ids = pks.astype(np.int64)
     if exact_max is None:
         exact_max = config.index_exact_max()
     if kind_for(len(pks), exact_max) == FLAT:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(EMBEDDING_DIM))
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:
         lists = ivf_lists(len(pks))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(EMBEDDING_DIM), EMBEDDING_DIM, lists, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = TRAINING_ROUNDS
         sample = np.random.default_rng(0).choice(len(pks), min(len(pks), lists * TRAINING_PER_LIST), replace=False)
         index.train(vectors[np.sort(sample)])
@@ -136,42 +139,45 @@ class IndexFiles:
         return os.access(self.home, os.W_OK)
 
     def stamp(self) -> dict[str, Any] | None:
-        """Generation, count and kind of the saved index (stamps from before kinds existed are flat)."""
+        """Generation, count, kind and matcher of the saved index (older stamps: flat, Chatterbox)."""
         try:
             stamp = json.loads(self.stamp_path.read_text())
             return {
                 "generation": int(stamp["generation"]),
                 "count": int(stamp["count"]),
                 "kind": str(stamp.get("kind", FLAT)),
+                "matcher": str(stamp.get("matcher", LEGACY_MATCHER)),
             }
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def load(self, generation: int) -> Any | None:
-        """The saved index if it was built at ``generation`` and reads back whole, else ``None``."""
+    def load(self, generation: int, matcher: str) -> Any | None:
+        """The saved index if it was built at ``generation`` for ``matcher`` and reads back whole, else ``None``."""
         import faiss
 
         stamp = self.stamp()
-        if stamp is None or stamp["generation"] != generation or not self.index_path.exists():
+        if stamp is None or (stamp["generation"], stamp["matcher"]) != (generation, matcher):
+            return None
+        if not self.index_path.exists():
             return None
         try:
             index = faiss.read_index(str(self.index_path))
         except (RuntimeError, OSError, ValueError):
             return None
-        if index.ntotal != stamp["count"] or index.d != EMBEDDING_DIM or kind_of(index) != stamp["kind"]:
+        if index.ntotal != stamp["count"] or index.d != dimension(matcher) or kind_of(index) != stamp["kind"]:
             return None
         if kind_of(index) == IVF:
             index.nprobe = ivf_probes(index.nlist)  # this code's setting, not the one saved with the file
         return index
 
-    def save(self, index: Any, generation: int) -> None:
+    def save(self, index: Any, generation: int, matcher: str) -> None:
         """Write the index, then its stamp; a crash between the two only makes it look stale."""
         import faiss
 
         with atomic_path(self.index_path) as temp:
             faiss.write_index(index, str(temp))
         crash_point("index:written")
-        stamp = {"generation": generation, "count": index.ntotal, "kind": kind_of(index)}
+        stamp = {"generation": generation, "count": index.ntotal, "kind": kind_of(index), "matcher": matcher}
         atomic_write_bytes(self.stamp_path, json.dumps(stamp).encode())
 
 
@@ -218,14 +224,15 @@ class VoiceIndex:
             generation = self.store.generation(session)
             if not rebuild and self._index is not None and self._generation == generation:
                 return self._index
-            index = None if rebuild else self.files.load(generation)
+            matcher = self.store.matcher(session)
+            index = None if rebuild else self.files.load(generation, matcher)
             if index is None:
-                index = new_index(*self.store.all_vectors(session), self.exact_max)
-                self._save_if_possible(index, generation)
+                index = new_index(*self.store.all_vectors(session, matcher), self.exact_max)
+                self._save_if_possible(index, generation, matcher)
         self._index, self._generation = index, generation
         return index
 
-    def _save_if_possible(self, index: Any, generation: int) -> None:
+    def _save_if_possible(self, index: Any, generation: int, matcher: str) -> None:
         """Persist a rebuilt index when no writer is busy; readers must not fail on a read-only library."""
         if not self.files.writable():
             return
@@ -233,46 +240,53 @@ class VoiceIndex:
             if free:
                 with self.store.session() as session:
                     if self.store.generation(session) == generation:
-                        self.files.save(index, generation)
+                        self.files.save(index, generation, matcher)
 
     def search(self, vector: np.ndarray, k: int, rebuild: bool = False) -> list[tuple[int, float]]:
         """(primary key, cosine score) of the ``k`` nearest voices, best first."""
         with self._lock:
             return search(self._current(rebuild), vector, k)
 
-    def apply(self, generation: int, add: Iterable[tuple[int, np.ndarray]] = (), remove: Iterable[int] = ()) -> None:
-        """Apply one committed change (caller holds the writer lock).
+    def apply(
+        self, generation: int, matcher: str, add: Iterable[tuple[int, np.ndarray]] = (), remove: Iterable[int] = ()
+    ) -> None:
+        """Apply one committed change (caller holds the writer lock); ``add`` holds ``matcher`` vectors.
 
         Never raises: the change is already committed, and an index that could not be updated only
         looks stale (its stamp lags the generation), so the next reader rebuilds it from the store.
         """
         try:
             with self._lock:
-                self._apply(generation, add, remove)
+                self._apply(generation, matcher, add, remove)
         except Exception:  # noqa: BLE001 - derived data; the stamp makes the next reader rebuild it
             log.warning("could not update the index; it will be rebuilt", exc_info=True)
             with self._lock:
                 self._index, self._generation = None, -1
 
-    def _apply(self, generation: int, add: Iterable[tuple[int, np.ndarray]], remove: Iterable[int]) -> None:
+    def _apply(
+        self, generation: int, matcher: str, add: Iterable[tuple[int, np.ndarray]], remove: Iterable[int]
+    ) -> None:
         if self._index is not None and self._generation == generation - 1:
             index = self._index
         else:
-            index = self.files.load(generation - 1)
-        if index is not None:
+            index = self.files.load(generation - 1, matcher)
+        if index is not None and index.d == dimension(matcher):
             update(index, add, remove)
             if misfit(index, self.exact_max):
                 index = None
+        else:
+            index = None
         if index is None:  # stale, missing, or no longer the kind its size calls for: rebuild from the truth
             with self.store.session() as session:
-                index = new_index(*self.store.all_vectors(session), self.exact_max)
+                index = new_index(*self.store.all_vectors(session, matcher), self.exact_max)
         self._index, self._generation = index, generation
-        self.files.save(index, generation)
+        self.files.save(index, generation, matcher)
 
     def rebuild(self) -> None:
-        """Rebuild from the store and save (caller holds the writer lock): ``check --repair``."""
+        """Rebuild from the store and save (caller holds the writer lock): ``check --repair``, a new matcher."""
         with self._lock, self.store.session() as session:
             generation = self.store.generation(session)
-            index = new_index(*self.store.all_vectors(session), self.exact_max)
-            self.files.save(index, generation)
+            matcher = self.store.matcher(session)
+            index = new_index(*self.store.all_vectors(session, matcher), self.exact_max)
+            self.files.save(index, generation, matcher)
             self._index, self._generation = index, generation

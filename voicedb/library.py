@@ -73,10 +73,10 @@ class VoiceDB:
         )
         self._catalog = Catalog(self._ctx)
         self._matcher = Matcher(self._ctx, self._catalog)
-        self._thresholds = Thresholds(self._ctx, self._catalog)
+        self._thresholds = Thresholds(self._ctx, self._catalog, self._matcher)
         self._conditionals = ConditionalsStore(self._ctx, self._catalog)
-        self._enrollment = Enrollment(self._ctx, self._catalog, self._conditionals, self._matcher)
-        self._bulk = BulkEnrollment(self._ctx, self._catalog, self._conditionals)
+        self._enrollment = Enrollment(self._ctx, self._catalog, self._conditionals, self._matcher, self._thresholds)
+        self._bulk = BulkEnrollment(self._ctx, self._catalog, self._conditionals, self._matcher)
         self._synthesizer = Synthesizer(self._ctx, self._catalog, self._conditionals)
         self._portability = Portability(self._ctx, self._catalog, self._conditionals, self._enrollment)
 
@@ -231,9 +231,19 @@ class VoiceDB:
         encoder (not with ``dry_run``). Too few voices with two or more clips raise ``VoiceDBError``."""
         return self._thresholds.calibrate(dry_run=dry_run)
 
+    def matcher(self) -> str:
+        """The speaker encoder(s) this library matches with (``voicedb.matchers.MATCHERS``): recorded when its
+        first voice was enrolled, ``chatterbox+campplus`` where CAM++'s weights are available."""
+        return self._matcher.name()
+
+    def switch_matcher(self, matcher: str, *, progress: ProgressHook | None = None) -> int:
+        """Match with ``matcher`` from now on: kept clips are embedded with whatever encoder they lack (no
+        re-enrollment), the index is rebuilt. Returns how many clips were embedded."""
+        return self._enrollment.switch_matcher(matcher, progress)
+
     def match_vector(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Match]:
-        """Like ``match`` for an embedding computed elsewhere (256 floats from this library's voice
-        encoder, normalised here); no threshold unless one is given."""
+        """Like ``match`` for a vector computed elsewhere in this library's matching space (``matcher()``;
+        normalised here); no threshold unless one is given."""
         return self._matcher.match_vector(vector, k=k, threshold=threshold)
 
     # -- conditionals and speech ----------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .audio import audio_source, load_clip
-from .catalog import ID_PATTERN, Catalog, KeptClip, check_language, check_name, existing_values, voice_record
+from .catalog import ID_PATTERN, Catalog, Change, KeptClip, check_language, check_name, existing_values, voice_record
 from .conditionals import IMPORTED, ConditionalsStore, Prepared, serialise
 from .context import LibraryContext
 from .enroll import Enrollment
@@ -25,9 +25,10 @@ from .errors import AudioError, DuplicateClip, ImportRejected, LibraryError, Voi
 from .faults import crash_point
 from .files import atomic_path, atomic_write_bytes, sha256_file
 from .flavours import FLAVOURS, flavour_named
+from .matchers import CHATTERBOX, MATCHER_KEY, encoders_of, fuse_clips
 from .matching import mean_embedding, normalised
 from .records import AddResult, Voice
-from .store import EMBEDDING_DIM, VoiceRow
+from .store import EMBEDDING_DIM, MetaRow, VoiceRow
 
 BACKUP_INDEX = "backup.json"
 #: ``progress(done, total, label)`` is called as multi-step work advances.
@@ -198,6 +199,16 @@ class Portability:
             refuse_repeats(path, "id", found.ids)
         vectors = unit_rows(path, found.vectors)
         with self.catalog.write("import-embeddings") as change:
+            if (matcher := self.enrollment.matcher.name(change.session)) != CHATTERBOX and not self._has_matcher(
+                change
+            ):
+                matcher = CHATTERBOX  # a new library: embedding-only voices can be matched by this encoder only
+            if matcher != CHATTERBOX:
+                raise ImportRejected(
+                    f"{path}: this library matches with {matcher}, and voices imported as Chatterbox embeddings "
+                    "only could not be matched; switch first with `voicedb matcher chatterbox`."
+                )
+            change.session.merge(MetaRow(key=MATCHER_KEY, value=matcher))
             for label, column, values in (("name", VoiceRow.name, names), ("id", VoiceRow.id, found.ids or ())):
                 if taken := existing_values(change.session, column, values):
                     raise ImportRejected(f"{path}: the library already has a voice with the {label} {taken[0]!r}.")
@@ -205,6 +216,27 @@ class Portability:
             hook = (lambda done, total: progress(done, total, "importing voices")) if progress else None
             change.add_voices(ids, names, vectors, encoder, hook)
         return len(names)
+
+    @staticmethod
+    def _has_matcher(change: Change) -> bool:
+        return change.session.get(MetaRow, MATCHER_KEY) is not None
+
+    def _duplicates(self, clips: list[dict[str, Any]], vector: np.ndarray) -> list[str]:
+        """Stored voices an imported voice nearly duplicates, compared in the library's matching space: its
+        clips' matching vectors, else (no clips) its conditionals embedding where the matcher can use that."""
+        matcher = self.enrollment.matcher.name()
+        if clips:
+            return self.enrollment.duplicate_warnings(fuse_clips([c["match"] for c in clips], matcher))
+        return self.enrollment.duplicate_warnings(vector) if matcher == CHATTERBOX else []
+
+    def _match_vectors(self, clips: list[dict[str, Any]]) -> None:
+        """Embed the bundle's own audio for the library's matcher (the conditionals embedding travels with it)."""
+        matcher = self.enrollment.matcher
+        name = matcher.name()
+        matcher.check_checksums(name)
+        for clip in clips:
+            wav = load_clip(audio_source(clip["data"], clip["file"])).wav_16k
+            clip["match"] = matcher.encoders.embed(wav, encoders_of(name))
 
     @staticmethod
     def _checked_name(path: Path, n: int, name: str) -> str:
@@ -229,7 +261,7 @@ class Portability:
         vector = normalised(conds.t3.speaker_emb.reshape(-1).numpy())
         encoder = self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
         prepared = {flavour.name: Prepared(flavour.name, serialise(conds), IMPORTED, None)}
-        warnings = self.enrollment.duplicate_warnings(vector)
+        warnings = self._duplicates([], vector)
         voice = self._insert(name, [], vector, encoder, prepared, [])
         return AddResult(voice, True, [], warnings)
 
@@ -265,7 +297,8 @@ class Portability:
                     conds = read_conditionals(data, f"{path}:{member}")
                     prepared[flavour] = Prepared(flavour, serialise(conds), IMPORTED, None)
         tags = [str(tag) for tag in manifest.get("tags", []) if isinstance(tag, str)]
-        warnings = self.enrollment.duplicate_warnings(vector)
+        self._match_vectors(clips)
+        warnings = self._duplicates(clips, vector)
         voice = self._insert(name, tags, vector, encoder, prepared, clips, language)
         return AddResult(voice, True, [], warnings)
 
@@ -310,6 +343,8 @@ class Portability:
     ) -> Voice:
         with self.catalog.write("import") as change:
             self.catalog.check_name_free(name, change.session)
+            if clips:
+                self.enrollment.matcher.settle(change.session)
             self.catalog.refuse_duplicate_clips({c["sha256"]: c["file"] for c in clips}, change.session)
             row = change.new_voice(name, tags, vector, encoder, language)
             for clip in clips:
@@ -321,6 +356,7 @@ class Portability:
                     clip["speech_s"],
                     clip["sample_rate"],
                     clip["embedding"],
+                    clip.get("match", {}),
                 )
                 change.keep_clip(row, kept, lambda temp, data=clip["data"]: temp.write_bytes(data))
                 crash_point("import:clip-written")

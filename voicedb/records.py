@@ -52,9 +52,14 @@ class Threshold:
     value: float
     kind: str
     source: str
+    #: The library's matcher (``matchers.MATCHERS``): the encoders whose scores the threshold applies to.
+    matcher: str
+    #: Error rates measured for that matcher -- (threshold, false-reject rate, false-accept rate) ascending -- by
+    #: ``calibrate`` on this library or on the development set for the shipped value; ``None`` if never measured.
+    rates: tuple[tuple[float, float, float], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.value, "threshold_source": self.source}
+        return {"threshold": self.value, "threshold_source": self.source, "matcher": self.matcher}
 
 
 @dataclass(frozen=True)

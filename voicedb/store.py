@@ -31,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     inspect,
     select,
     text,
@@ -40,9 +41,10 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .errors import LibraryError
+from .matchers import CHATTERBOX, DIMENSIONS, LEGACY_MATCHER, MATCHER_KEY, encoders_of, fuse
 
 #: The Alembic revision this code expects; a test checks it is the head of ``migrations/versions``.
-SCHEMA_HEAD = "0003_voice_listing"
+SCHEMA_HEAD = "0004_match_vectors"
 EMBEDDING_DIM = 256
 BUSY_TIMEOUT_MS = 30_000
 WAL_ATTEMPTS = 100
@@ -82,6 +84,7 @@ class VoiceRow(Base):
     conditionals: Mapped[list[ConditionalsRow]] = relationship(
         back_populates="voice", cascade="all, delete-orphan", order_by="ConditionalsRow.pk"
     )
+    match_vectors: Mapped[list[VoiceVectorRow]] = relationship(cascade="all, delete-orphan")
 
     @property
     def vector(self) -> np.ndarray:
@@ -107,10 +110,38 @@ class ClipRow(Base):
     added_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     voice: Mapped[VoiceRow] = relationship(back_populates="clips")
+    match_vectors: Mapped[list[ClipVectorRow]] = relationship(cascade="all, delete-orphan")
 
     @property
     def vector(self) -> np.ndarray:
         return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+class ClipVectorRow(Base):
+    """A clip's matching embedding by one speaker encoder (``speakers.ENCODERS``): computed from the clip's
+    speech only, unlike the conditionals' ``ClipRow.embedding``, which is exactly what upstream computes."""
+
+    __tablename__ = "clip_vectors"
+
+    clip_pk: Mapped[int] = mapped_column(ForeignKey("clips.pk", ondelete="CASCADE"), primary_key=True)
+    encoder: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: SHA-256 of the weights that produced ``vector``.
+    checksum: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class VoiceVectorRow(Base):
+    """A voice's matching embedding by one speaker encoder: the L2-normalised mean of its clips' vectors.
+
+    A voice without one for the Chatterbox encoder (imported as an embedding only, or enrolled before
+    matching vectors existed) is matched by its conditionals embedding instead."""
+
+    __tablename__ = "voice_vectors"
+
+    voice_pk: Mapped[int] = mapped_column(ForeignKey("voices.pk", ondelete="CASCADE"), primary_key=True)
+    encoder: Mapped[str] = mapped_column(String(32), primary_key=True)
+    checksum: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ConditionalsRow(Base):
@@ -279,12 +310,43 @@ class Store:
         session.merge(MetaRow(key="generation", value=str(new)))
         return new
 
-    def all_vectors(self, session: Session) -> tuple[np.ndarray, np.ndarray]:
-        """(pks int64 (n,), vectors float32 (n, 256)) of every voice: what the FAISS index is built from."""
-        rows = session.execute(select(VoiceRow.pk, VoiceRow.embedding).order_by(VoiceRow.pk)).all()
+    def matcher(self, session: Session) -> str:
+        """The library's matcher (``matchers.MATCHERS``): what its index and ``match`` compare voices with."""
+        row = session.get(MetaRow, MATCHER_KEY)
+        return row.value if row else LEGACY_MATCHER
+
+    def encoder_vectors(self, session: Session, encoder: str) -> tuple[np.ndarray, np.ndarray]:
+        """(pks int64 (n,), unit vectors float32 (n, d)) of the voices that have a matching vector by ``encoder``;
+        for the Chatterbox encoder, a voice without one is represented by its conditionals embedding."""
+        if encoder == CHATTERBOX:
+            query = (
+                select(VoiceRow.pk, func.coalesce(VoiceVectorRow.vector, VoiceRow.embedding))
+                .outerjoin(
+                    VoiceVectorRow, (VoiceVectorRow.voice_pk == VoiceRow.pk) & (VoiceVectorRow.encoder == encoder)
+                )
+                .order_by(VoiceRow.pk)
+            )
+        else:
+            query = (
+                select(VoiceVectorRow.voice_pk, VoiceVectorRow.vector)
+                .where(VoiceVectorRow.encoder == encoder)
+                .order_by(VoiceVectorRow.voice_pk)
+            )
+        rows = session.execute(query).all()
         pks = np.fromiter((pk for pk, _ in rows), dtype=np.int64, count=len(rows))
-        vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(-1, EMBEDDING_DIM)
+        vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(-1, DIMENSIONS[encoder])
         return pks, vectors
+
+    def all_vectors(self, session: Session, matcher: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(pks int64 (n,), vectors float32 (n, d)) of every voice the library's matcher (or ``matcher``) can
+        compare: what the FAISS index is built from. With several encoders, voices lacking one are left out."""
+        encoders = encoders_of(matcher or self.matcher(session))
+        found = [self.encoder_vectors(session, encoder) for encoder in encoders]
+        pks = found[0][0]
+        for other, _ in found[1:]:
+            pks = np.intersect1d(pks, other, assume_unique=True)
+        parts = [vectors[np.searchsorted(own, pks)] for own, vectors in found]
+        return pks, fuse(parts).reshape(len(pks), sum(DIMENSIONS[encoder] for encoder in encoders))
 
     def close(self) -> None:
         self.engine.dispose()

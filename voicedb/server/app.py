@@ -323,7 +323,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
                 return [], applied
 
         nearest, applied = await uploads.run(nearest_and_threshold)
-        judged = [{**m.to_dict(), "verdict": verdict(m.score, applied.value)} for m in nearest]
+        judged = [{**m.to_dict(), "verdict": verdict(m.score, applied.value, applied.rates)} for m in nearest]
         passed = [m for m, found in zip(judged, nearest, strict=True) if found.score >= applied.value]
         return {
             "matches": passed,
