@@ -10,7 +10,7 @@ loudly instead of silently changing the set. The clips the tests assert on (``te
 used: thresholds chosen here are never tuned on them. ``tests/devset/README.md`` says where each clip comes
 from and under which licence; ``tests/devset/clips.csv`` is written from the table below.
 
-Processing, the same for every clip: decode (libsndfile: WAV, raw GSM 06.10, Ogg Vorbis, Opus), average the
+Processing, the same for every clip: decode (libsndfile: WAV, raw GSM 06.10, Ogg Vorbis, Opus, MP3), average the
 channels to mono, cut the segment, resample to 16 kHz with a polyphase filter (``scipy.signal.resample_poly``)
 where the source rate differs, and write 16-bit PCM FLAC. No gain and no filtering: levels stay as shipped,
 so level normalisation can be measured (``scripts/eval_matching.py``).
@@ -189,6 +189,7 @@ AMI = "spontaneous, meeting room (AMI)"
 SPEECH = "public speech, 1961 broadcast recording"
 MIC = "spontaneous monologue, desk microphone"
 NST = "read sentences, microphone (NST)"
+CV = "read sentence, crowd-sourced recording (Common Voice, 32 kHz MP3)"
 MLS = "read audiobook (LibriVox, Opus)"
 _AST = "usr/share/asterisk/sounds"
 _FISH = "usr/share/games/fillets-ng/sound"
@@ -523,6 +524,12 @@ CLIPS: list[Clip] = [
     *[
         Clip("nst_se10x016", n, "", "sv", NST, "mfa", f"{_MFA}/se10x016-08071999-1334_u001600{n + 1}.wav")
         for n in range(1, 4)  # u0016001 is the silent prompt "tyst under denna inspelning"
+    ],
+    # common_voice_ja_24511055.mp3 (6.5 s, one sentence) is speaker "02a8841a00d" (`japanese_cv_dir` fixture, a
+    # Common Voice client id prefix); cut at quiet points into three segments.
+    *[
+        Clip("cv_02a8841a00d", n, "", "ja", CV, "mfa", f"{_MFA}/common_voice_ja_24511055.mp3", start, end)
+        for n, (start, end) in enumerate([(0.0, 2.22), (2.22, 4.43), (4.43, 6.516)], 1)
     ],
     *[
         Clip("mls_13697", n, "", "es", MLS, "mfa", f"{_MFA}/13697_11991_000000.opus", start, end)
