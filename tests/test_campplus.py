@@ -3,10 +3,14 @@ apart on real speech, clear errors for wrong weights and short clips, and no tor
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from voicedb.audio import load_clip
 from voicedb.campplus import CAMPPLUS_FILE, HUB_REPO, SHA256, CamPlusPlus, load_campplus
 from voicedb.engine import Checkpoint, Engine
 from voicedb.errors import AudioError, CheckpointError
+from voicedb.weights import read_torch_state, read_weights
 
 #: 3D-Speaker's own ``CAMPPlus`` and ``FBank(80, 16000, mean_nor=True)`` on ``arctic_slt_1.flac`` with the
 #: official weights, L2-normalised: its first eight and last four values (computed once, outside the repo).
@@ -135,7 +140,99 @@ def test_engine_refuses_other_weights_under_the_hub_name(tmp_path: Path, checkpo
     assert campplus_of_engine(tmp_path / "checkpoint", tmp_path / "hf") == "None None"
 
 
-def test_importing_campplus_does_not_import_torch():
-    code = "import sys, voicedb.campplus, voicedb.engine; print('torch' in sys.modules)"
+def test_loading_campplus_and_embedding_a_clip_imports_no_torch(checkpoint: Path, speakers):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from voicedb.audio import load_clip\n"
+        "from voicedb.campplus import load_campplus\n"
+        f"model = load_campplus(Path({str(checkpoint / CAMPPLUS_FILE)!r}))\n"
+        f"assert model.embed(load_clip(Path({str(speakers['arctic_slt'][0])!r})).wav_16k).shape == (192,)\n"
+        "print(sorted(m for m in ('torch', 'torchaudio', 'chatterbox', 'librosa', 'scipy') if m in sys.modules))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.stdout == "False\n", done.stderr
+    assert done.stdout == "[]\n", done.stderr
+
+
+def test_pt_reader_reads_what_torch_load_reads(checkpoint: Path, tmp_path: Path):
+    import torch
+
+    for path in (checkpoint / CAMPPLUS_FILE, checkpoint / "ve.pt"):
+        ours, theirs = read_torch_state(path), torch.load(path, map_location="cpu", weights_only=True)
+        assert ours.keys() == theirs.keys()
+        assert all(np.array_equal(ours[key], value.numpy()) for key, value in theirs.items())
+        as_float = read_weights(path, as_numpy=True)  # what the voice encoder reads, without torch
+        assert all(np.array_equal(as_float[key], value.float().numpy()) for key, value in theirs.items())
+    base = torch.randn(4, 6)
+    views = {"t": base.t(), "v": base[1:3, 2:], "h": base.half(), "i": torch.arange(5), "e": torch.zeros(0, 3)}
+    torch.save(views | {"b": base.bfloat16()}, tmp_path / "views.pt")
+    ours = read_torch_state(tmp_path / "views.pt")
+    assert all(np.array_equal(ours[key], value.numpy()) for key, value in views.items())
+    assert np.array_equal(ours["b"], base.bfloat16().float().numpy())
+
+
+def torch_file(path: Path, pickled: bytes, data: bytes = b"") -> Path:
+    """A ``torch.save``-shaped archive holding ``pickled`` as its pickle and ``data`` as storage ``0``."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("anything/data.pkl", pickled)
+        archive.writestr("anything/data/0", data)
+    return path
+
+
+def crafted_tensor(numel: int, offset: int, size: tuple, stride: tuple) -> bytes:
+    """The pickle of ``{"w": tensor}`` with a storage of ``numel`` floats, whatever its view claims."""
+    import torch
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), offset, size, stride, False, OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({"w": Tensor()})
+    return buffer.getvalue()
+
+
+def test_pt_reader_refuses_any_other_global_without_calling_it(tmp_path: Path):
+    marker = tmp_path / "ran"
+
+    class Hostile:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = torch_file(tmp_path / "hostile.pt", pickle.dumps({"w": Hostile()}, protocol=2))
+    with pytest.raises(CheckpointError, match="refused global posix.system"):
+        read_torch_state(path)
+    with pytest.raises(CheckpointError, match="corrupt or not a CAM\\+\\+ weights file"):
+        load_campplus(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("numel", "offset", "size", "stride", "data", "problem"),
+    [
+        (10**9, 0, (10**9,), (1,), b"\0" * 16, "claims more elements than its 16 bytes"),
+        (4, 1, (4,), (1,), b"\0" * 16, "reaching past its storage"),
+        (4, 0, (2, 2), (3, 1), b"\0" * 16, "reaching past its storage"),
+        (4, 0, (-1,), (1,), b"\0" * 16, "a tensor of size"),
+        (4, 0, (1,) * 9, (1,) * 9, b"\0" * 16, "a tensor of size"),
+    ],
+)
+def test_pt_reader_refuses_tensors_beyond_their_bytes(tmp_path: Path, numel, offset, size, stride, data, problem):
+    path = torch_file(tmp_path / "crafted.pt", crafted_tensor(numel, offset, size, stride), data)
+    with pytest.raises(CheckpointError, match=problem):
+        read_torch_state(path)
+
+
+def test_pt_reader_refuses_compressed_members(tmp_path: Path):
+    path = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+    with pytest.raises(CheckpointError, match="compressed"):
+        read_torch_state(path)

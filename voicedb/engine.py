@@ -345,11 +345,11 @@ class Engine:
 
     @property
     def campplus(self) -> CamPlusPlus | None:
-        """CAM++ on this engine's device, or None when its weights are not available."""
+        """CAM++ (NumPy, on the CPU whatever this engine's device), or None when its weights are not available."""
 
         def load() -> CamPlusPlus | None:
             path = self.campplus_path()
-            return None if path is None else load_campplus(path, self.device)
+            return None if path is None else load_campplus(path)
 
         return self._cached("campplus", load)
 
