@@ -22,6 +22,8 @@ import pytest
 import soundfile
 from conftest import library_digest, list_json, run, run_fails, voicedb_process
 
+from voicedb import VoiceDB
+
 TOKENS = "8"
 
 
@@ -100,7 +102,8 @@ def test_match_json_of_an_unknown_speaker_prints_no_matches_and_exits_1(home: Pa
     assert json.loads(result.stdout)["matches"] == []
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("Error: "), result.stderr
-    assert "0.80 or more" in errors[0] and "unknown speaker" in errors[0]
+    threshold = VoiceDB().threshold().value
+    assert f"{threshold:.2f} or more" in errors[0] and "unknown speaker" in errors[0]
     for bad in ("5", "-1.5"):
         assert_usage_error("match", str(stranger), "--threshold", bad)
 
@@ -211,6 +214,10 @@ def test_importing_a_pt_of_a_stored_voice_warns_it_nearly_duplicates_it(home: Pa
     original = add(speakers["librivox_ss01"][0], "A")
     pt = tmp_path / "a.pt"
     assert run("export", "A", "-o", str(pt)).exit_code == 0
+    unmatchable = run("import", str(pt), "--name", "no-audio")  # both encoders: a .pt holds only the Chatterbox one
+    assert "holds no audio, so `match` with chatterbox+campplus cannot find it" in unmatchable.stderr
+    run("rm", "no-audio")
+    assert run("matcher", "chatterbox").exit_code == 0
     result = run("import", str(pt), "--name", "copy")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "nearly duplicates voice" in line]

@@ -228,15 +228,16 @@ def test_export_loads_in_upstream_chatterbox_with_identical_tensors(home: Path, 
     assert all(torch.equal(a.gen[k], b.gen[k]) for k in a.gen if torch.is_tensor(a.gen[k]))
 
 
-def test_an_imported_pt_is_found_by_match(home: Path, speakers, tmp_path: Path):
+def test_an_imported_pt_is_found_by_match_with_the_chatterbox_encoder(home: Path, speakers, tmp_path: Path):
     clip = next(iter(speakers.values()))[0]
     run("add", str(clip), "--name", "alice")
     exported = tmp_path / "alice.pt"
     run("export", "alice", "-o", str(exported))
     run("rm", "alice")
+    assert run("matcher", "chatterbox").exit_code == 0  # a .pt carries the Chatterbox embedding only
     assert run("import", str(exported), "--name", "alice-again").exit_code == 0
     hits = json.loads(run("match", str(clip), "--json").stdout)["matches"]
-    assert hits[0]["name"] == "alice-again" and hits[0]["score"] > 0.99
+    assert hits[0]["name"] == "alice-again" and hits[0]["score"] > 0.9
 
 
 def test_whole_library_backup_round_trips(home: Path, speakers, tmp_path: Path, monkeypatch):

@@ -302,7 +302,9 @@ def test_upload_list_match_rename_export_import_and_delete_a_voice(
         matched = http.post("/v1/match", files={"file": (query.name, query.read_bytes())}, data={"k": "2"}).json()
         assert matched["matches"][0]["id"] == voice["id"] and matched["matched"] is True
         assert len(matched["nearest"]) == 2 and set(matched["matches"][0]) == {"id", "name", "score", "verdict"}
-        assert matched["threshold"] == 0.80 and matched["threshold_source"] == "shipped default for this voice encoder"
+        shipped = library.threshold()
+        assert (matched["threshold"], matched["threshold_source"]) == (shipped.value, shipped.source)
+        assert matched["matcher"] == "chatterbox+campplus"
 
         renamed = http.patch(f"/v1/voices/{voice['id']}", json={"name": "caroline", "tags": ["calm"]}).json()
         assert renamed["name"] == "caroline" and renamed["tags"] == ["calm"]

@@ -173,17 +173,17 @@ def test_without_measured_rates_verdicts_take_a_margin_around_a_threshold_of_080
     assert verdict(score, 0.80) == words
 
 
-#: Measured (threshold, false-reject rate, false-accept rate): different speakers reach 0.70 in 1 pair of 1000,
+#: Measured (threshold, false-reject rate, false-accept rate): different speakers reach 0.70 in 1 pair of 10,000,
 #: same-speaker pairs fall below 0.60 in 1 of 200.
-RATES = ((0.5, 0.0, 0.10), (0.6, 0.005, 0.01), (0.7, 0.02, 0.001), (0.8, 0.10, 0.0))
+RATES = ((0.5, 0.0, 0.01), (0.6, 0.005, 0.001), (0.7, 0.02, 0.0001), (0.8, 0.10, 0.0))
 
 
 @pytest.mark.parametrize(
     ("score", "threshold", "words"),
     [
-        (0.75, 0.60, "same speaker"),  # 0.05% of different-speaker pairs score this high
-        (0.70, 0.60, "same speaker"),  # 0.1%: the most a sure "same speaker" allows
-        (0.65, 0.60, "probably the same speaker"),  # 0.55% do
+        (0.75, 0.60, "same speaker"),  # 0.005% of different-speaker pairs score this high
+        (0.70, 0.60, "same speaker"),  # 0.01%: the most a sure "same speaker" allows
+        (0.65, 0.60, "probably the same speaker"),  # 0.055% do
         (0.60, 0.60, "probably the same speaker"),
         (0.59, 0.60, "unknown speaker"),  # 0.45% of same-speaker pairs score this low
         (0.65, 0.70, "possibly the same speaker, below the threshold"),  # 1.25% of same-speaker pairs do

@@ -32,8 +32,8 @@ SHIPPED_THRESHOLDS: dict[str, dict[str, Any]] = json.loads(
 )
 
 #: How sure a verdict is, from the measured error rates at the score: at or above the threshold it is
-#: "same speaker" when at most this share of different-speaker pairs score as high, else "probably".
-SURE_FALSE_ACCEPT = 0.001
+#: "same speaker" when at most this share of different-speaker pairs score as high (1 in 10,000), else "probably".
+SURE_FALSE_ACCEPT = 0.0001
 #: Below the threshold it is "unknown speaker" when at most this share of same-speaker pairs score as low,
 #: else "possibly the same speaker".
 SURE_FALSE_REJECT = 0.01

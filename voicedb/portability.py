@@ -223,11 +223,17 @@ class Portability:
 
     def _duplicates(self, clips: list[dict[str, Any]], vector: np.ndarray) -> list[str]:
         """Stored voices an imported voice nearly duplicates, compared in the library's matching space: its
-        clips' matching vectors, else (no clips) its conditionals embedding where the matcher can use that."""
+        clips' matching vectors, else (no clips) its conditionals embedding, which only the Chatterbox matcher
+        can compare; under another matcher such a voice cannot be matched at all, and the user is told."""
         matcher = self.enrollment.matcher.name()
         if clips:
             return self.enrollment.duplicate_warnings(fuse_clips([c["match"] for c in clips], matcher))
-        return self.enrollment.duplicate_warnings(vector) if matcher == CHATTERBOX else []
+        if matcher == CHATTERBOX:
+            return self.enrollment.duplicate_warnings(vector)
+        return [
+            f"it holds no audio, so `match` with {matcher} cannot find it "
+            "(`voicedb matcher chatterbox` matches by the conditionals' speaker embedding)"
+        ]
 
     def _match_vectors(self, clips: list[dict[str, Any]]) -> None:
         """Embed the bundle's own audio for the library's matcher (the conditionals embedding travels with it)."""
