@@ -14,9 +14,9 @@ CHECKPOINT_ENV = "VOICEDB_CHECKPOINT"
 DEVICE_ENV = "VOICEDB_DEVICE"
 INDEX_EXACT_MAX_ENV = "VOICEDB_INDEX_EXACT_MAX"
 
-#: Cosine score above which two recordings are taken to be the same speaker. Chosen from the
-#: same-speaker / different-speaker score distributions measured on real speech by
-#: ``scripts/measure_threshold.py`` (see README, "Choosing the threshold").
+#: The threshold for encoder weights nobody measured (``SHIPPED_THRESHOLDS`` has none for them): the value
+#: voicedb used before thresholds were measured per matcher on the development set (README, "Matching you can
+#: trust"); ``voicedb calibrate`` replaces it with one fitted to the library.
 DEFAULT_THRESHOLD = 0.80
 
 #: Shipped thresholds and the error rates measured around them, per matcher identity
