@@ -24,6 +24,7 @@ import hashlib
 import io
 import math
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -189,6 +190,13 @@ SOURCES = {
         "174a2c82e0ee7bcc4c21301633df86d7de49395d81d9455a9bedfb0c790813de",
         "MIT (package); the 1961 recording is public domain",
     ),
+    "fotaq": Source(
+        "deb",
+        "flight-of-the-amazon-queen",
+        "1.0.0-9",
+        "40c08fd258d6fe95c46c1eaf5e9137f84ba330657995a281bd887c94a560a0f1",
+        "Flight-of-the-Amazon-Queen-License (free redistribution and modification)",
+    ),
 }
 
 TEL = "read prompt, studio, telephone band (8 kHz PCM)"
@@ -200,6 +208,8 @@ MIC = "spontaneous monologue, desk microphone"
 NST = "read sentences, microphone (NST)"
 CV = "read sentence, crowd-sourced recording (Common Voice, 32 kHz MP3)"
 MLS = "read audiobook (LibriVox, Opus)"
+FOTAQ = "acted game voice line, studio (11.025 kHz MP3)"
+_FOTAQ = "usr/share/scummvm/flight-of-the-amazon-queen/queen.1c"
 _AST = "usr/share/asterisk/sounds"
 _FISH = "usr/share/games/fillets-ng/sound"
 _PYA = "pyannote.audio-2.1.1/tests/data"
@@ -561,6 +571,13 @@ CLIPS: list[Clip] = [
         Clip("mls_13697", n, "", "es", MLS, "mfa", f"{_MFA}/13697_11991_000000.opus", start, end)
         for n, (start, end) in enumerate([(0.0, 5.14), (5.14, 9.71), (9.71, 14.85)], 1)
     ],
+    # Flight of the Amazon Queen (talkie version): "You assume the role of Joe King, a pilot for hire" (the
+    # package's readme); the speech files JOE<nnnnn>.SB of the game's resource file queen.1c are Joe's spoken
+    # descriptions. Picks: random (seed "joe") among the 243 JOE files of 2.5-15 s.
+    *[
+        Clip("fotaq_joe", n, "M", "en", FOTAQ, "fotaq", f"{_FOTAQ}!JOE{number}.SB")
+        for n, number in enumerate(["00991", "00842", "04533", "02451", "01421", "01861"], 1)
+    ],
 ]
 
 
@@ -596,9 +613,32 @@ def fetch(source: Source, cache: Path) -> Path:
     sys.exit(f"{source.label}: no file in {cache} matching {pattern} has sha256 {source.sha256}")
 
 
+def queen_resources(handle, names: set[str]) -> dict[str, bytes]:
+    """Files of a compressed Flight of the Amazon Queen resource file (``queen.1c``): a header "QTBL", a
+    6-byte version string, 3 bytes, a big-endian uint16 entry count, then 21-byte entries (12-byte name,
+    bundle byte, big-endian uint32 offset and size). The speech files (``*.SB``) hold MP3 data."""
+    handle.seek(0)
+    header = handle.read(15)
+    if header[:4] != b"QTBL":
+        sys.exit("queen.1c: no QTBL table")
+    (count,) = struct.unpack(">H", header[13:15])
+    table = {}
+    for _ in range(count):
+        entry = handle.read(21)
+        name = entry[:12].rstrip(b"\0").decode("latin-1")
+        table[name] = struct.unpack(">II", entry[13:21])
+    found = {}
+    for name in names & table.keys():
+        offset, size = table[name]
+        handle.seek(offset)
+        found[name] = handle.read(size)
+    return found
+
+
 def members(archive: Path, kind: str, wanted: set[str]) -> dict[str, bytes]:
     """The wanted files' bytes, streamed out of the .deb's data tarball or the sdist. A name "outer.zip!inner"
-    is the file ``inner`` of the zip archive ``outer.zip`` inside the package (0 A.D. keeps its data in one)."""
+    is the file ``inner`` of the zip archive ``outer.zip`` inside the package (0 A.D. keeps its data in one);
+    "queen.1c!inner" is a file of Flight of the Amazon Queen's resource file (see ``queen_resources``)."""
     zips: dict[str, set[str]] = {}
     for name in wanted:
         if "!" in name:
@@ -619,6 +659,10 @@ def members(archive: Path, kind: str, wanted: set[str]) -> dict[str, bytes]:
             elif name in zips:
                 with tempfile.TemporaryFile() as spill:
                     shutil.copyfileobj(tar.extractfile(info), spill, 1 << 20)
+                    if name.endswith(".1c"):
+                        for inner, data in queen_resources(spill, zips[name]).items():
+                            found[f"{name}!{inner}"] = data
+                        continue
                     with zipfile.ZipFile(spill) as inner_zip:
                         for inner in zips[name] & set(inner_zip.namelist()):
                             found[f"{name}!{inner}"] = inner_zip.read(inner)
