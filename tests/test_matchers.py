@@ -158,3 +158,13 @@ def test_voices_enrolled_before_matching_vectors_existed_are_matched_then_repair
     assert run("check", "--repair").exit_code == 0
     assert run("check").exit_code == 0
     assert rows(home, "SELECT count(*) FROM voice_vectors WHERE encoder = 'chatterbox'") == [(3,)]
+
+
+def test_a_clip_of_another_speaker_in_a_voice_is_flagged_as_match_would_score_it(home: Path, multi_clip_speakers):
+    (_, own), (_, other) = list(multi_clip_speakers.items())[:2]
+    flagged = "against the other clips (another speaker?)"
+    pure = run("add", str(own[0]), str(own[1]), "--name", "pure", "--no-conditionals")
+    assert pure.exit_code == 0 and flagged not in pure.stderr
+    mixed = run("add", str(other[0]), "--voice", "pure", "--no-conditionals")
+    assert mixed.exit_code == 0 and f"warning: {other[0].name}: scores only" in mixed.stderr
+    assert flagged in mixed.stderr

@@ -216,16 +216,7 @@ def analyse(voice: BulkVoice, encoders: Encoders, min_seconds: float) -> Analyse
     clips = [
         AnalysedClip(
             clip.source.path,
-            KeptClip(
-                clip.sha256,
-                clip.source.suffix,
-                clip.name,
-                clip.duration_s,
-                clip.speech_s,
-                clip.sample_rate,
-                vector,
-                vectors_of_clip,
-            ),
+            KeptClip.of(clip, vector, vectors_of_clip),
             reference_rank(clip),
             clip.warnings,
         )

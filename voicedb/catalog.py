@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Select, String, and_, exists, func, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer, selectinload
 
+from .audio import LoadedClip
 from .context import CLIPS_DIR, LibraryContext
 from .errors import (
     AmbiguousVoice,
@@ -273,6 +274,12 @@ class KeptClip:
     vector: np.ndarray
     #: Its matching vectors (``speakers.SpeakerEncoders.embed``); none for a clip imported without them.
     match: ClipVectors = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, clip: LoadedClip, vector: np.ndarray, match: ClipVectors) -> KeptClip:
+        """What the store keeps of a clip decoded here, with its embeddings."""
+        suffix = clip.source.suffix
+        return cls(clip.sha256, suffix, clip.name, clip.duration_s, clip.speech_s, clip.sample_rate, vector, match)
 
 
 def refresh_match_vectors(session: Session, row: VoiceRow) -> None:

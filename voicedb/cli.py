@@ -376,8 +376,8 @@ def calibrate(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     Same-speaker scores: each clip of a voice with two or more clips against the mean of its other
     clips. Different-speaker scores: each clip against every other voice. Prints the false-reject
     and false-accept rates at candidate thresholds and stores the one where the larger of the two
-    is smallest (the equal-error-rate point), for the library's voice encoder. Needs at least 3
-    voices with two or more clips; reads the stored embeddings, no audio.
+    is smallest (the equal-error-rate point), for the library's matcher (`voicedb matcher`) and its
+    weights. Needs at least 3 voices with two or more clips; reads the stored matching vectors, no audio.
     """
     result = library(ctx).calibrate(dry_run=dry_run)
     if as_json:
@@ -388,7 +388,7 @@ def calibrate(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     for value, false_reject, false_accept in result.rates:
         chosen = "  <- chosen" if value == result.threshold else ""
         click.echo(f"{value:9.2f}  {false_reject:11.1%}  {false_accept:12.1%}{chosen}")
-    done = "stored for this library's voice encoder" if result.stored else "not stored (--dry-run)"
+    done = "stored for this library's matcher" if result.stored else "not stored (--dry-run)"
     click.echo(f"threshold {result.threshold:.2f}: {done}")
 
 

@@ -96,11 +96,16 @@ class Enrollment:
             name = check_name(default_name(audio, sources) if name is None else name)
             self.catalog.check_name_free(name)
             existing: list[np.ndarray] = []
+            stored: list[ClipVectors] = []
             voice_id = None
         else:
             with self.ctx.store.session() as session:
                 row = self.catalog.row(session, voice)
                 voice_id, existing = row.id, [c.vector.copy() for c in row.clips]
+                stored = [
+                    {v.encoder: (v.checksum, np.frombuffer(v.vector, np.float32).copy()) for v in c.match_vectors}
+                    for c in row.clips
+                ]
                 kept = [self.ctx.path(c.file) for c in row.clips]
         encoder = self.ctx.engine.encoder_checksum
         self.ctx.check_encoder(encoder)  # before any embedding work
@@ -109,7 +114,7 @@ class Enrollment:
         clips, embeddings, match, reference = self._embed_all(sources, flavour.min_seconds, matcher, progress)
         mean = mean_embedding(existing + embeddings)
         warnings = [w for clip in clips for w in clip.warnings]
-        warnings += self.similarity_warnings(clips, embeddings, mean, existing)
+        warnings += self.similarity_warnings(clips, match, stored, matcher)
         if voice is None:
             warnings += self.duplicate_warnings(fuse_clips(match, matcher), voice_id)
         if strict and warnings:
@@ -138,17 +143,7 @@ class Enrollment:
                 row.embedding = mean.tobytes()
                 change.reindex(row)
             for clip, vector, vectors in zip(clips, embeddings, match, strict=True):
-                kept = KeptClip(
-                    clip.sha256,
-                    clip.source.suffix,
-                    clip.name,
-                    clip.duration_s,
-                    clip.speech_s,
-                    clip.sample_rate,
-                    vector,
-                    vectors,
-                )
-                change.keep_clip(row, kept, clip.source.write_copy)
+                change.keep_clip(row, KeptClip.of(clip, vector, vectors), clip.source.write_copy)
             crash_point("add:clips-written")
             self.conditionals.forget(change, row, keep=prepared.flavour if prepared else None)
             if prepared is not None:
@@ -182,21 +177,21 @@ class Enrollment:
         return clips, embeddings, match, reference
 
     def similarity_warnings(
-        self,
-        clips: Sequence[LoadedClip],
-        embeddings: Sequence[np.ndarray],
-        mean: np.ndarray,
-        stored: Sequence[np.ndarray] = (),
+        self, clips: Sequence[LoadedClip], match: list[ClipVectors], stored: list[ClipVectors], matcher: str
     ) -> list[str]:
-        """New clips that sound like another speaker than the voice's other clips (``stored`` ones and the
-        other new ones)."""
+        """New clips that sound like another speaker than the voice's other clips (its ``stored`` ones that
+        have the matcher's vectors, and the other new ones): scored as ``match`` would, against its threshold."""
+        encoders = set(encoders_of(matcher))
+        stored = [clip for clip in stored if encoders <= set(clip)]
+        if len(stored) + len(match) < 2:
+            return []
+        threshold = self.thresholds.resolve().value
         found = []
-        if len(stored) + len(embeddings) > 1:
-            for n, (clip, embedding) in enumerate(zip(clips, embeddings, strict=True)):
-                others = mean_embedding([*stored, *(e for m, e in enumerate(embeddings) if m != n)])
-                score = float(embedding @ others)
-                if score < config.DEFAULT_THRESHOLD:
-                    found.append(f"{clip.name}: scores only {score:.2f} against the other clips (another speaker?)")
+        for n, (clip, vectors) in enumerate(zip(clips, match, strict=True)):
+            others = fuse_clips([*stored, *(m for k, m in enumerate(match) if k != n)], matcher)
+            score = float(fuse_clips([vectors], matcher) @ others)
+            if score < threshold:
+                found.append(f"{clip.name}: scores only {score:.2f} against the other clips (another speaker?)")
         return found
 
     def duplicate_warnings(self, vector: np.ndarray, exclude_id: str | None = None) -> list[str]:

@@ -206,7 +206,8 @@ class VoiceDB:
         return self._bulk.add_many(voices, model=model, conditionals=conditionals, workers=workers, progress=progress)
 
     def embed(self, audio: AudioInput) -> np.ndarray:
-        """The speaker embedding of one clip (float32, (256,), L2-normalised)."""
+        """The conditionals' speaker embedding of one clip (float32, (256,), L2-normalised): what upstream
+        ``prepare_conditionals`` computes. ``match`` compares other vectors: see ``matcher()``."""
         return self._matcher.embed(audio)
 
     def match(
@@ -221,14 +222,14 @@ class VoiceDB:
 
     def threshold(self, given: float | None = None) -> Threshold:
         """The threshold ``match`` applies, and where it comes from: ``given``; else the one ``calibrate``
-        stored for the library's voice encoder; else the one shipped for that encoder; else
-        ``config.DEFAULT_THRESHOLD``. ``Threshold.source`` says which in words."""
+        stored for the library's matcher; else the one shipped for it; else ``config.DEFAULT_THRESHOLD``.
+        ``Threshold.source`` says which in words, ``Threshold.rates`` holds the measured error rates."""
         return self._thresholds.resolve(given)
 
     def calibrate(self, *, dry_run: bool = False) -> Calibration:
         """Measure the library's own same-speaker (leave one clip out) and different-speaker scores from the
-        stored clip embeddings, choose the equal-error-rate threshold, and store it for the library's voice
-        encoder (not with ``dry_run``). Too few voices with two or more clips raise ``VoiceDBError``."""
+        stored matching vectors, choose the equal-error-rate threshold, and store it with the measured rates for
+        the library's matcher (not with ``dry_run``). Too few voices with two or more clips raise ``VoiceDBError``."""
         return self._thresholds.calibrate(dry_run=dry_run)
 
     def matcher(self) -> str:

@@ -117,21 +117,26 @@ class ClipRow(Base):
         return np.frombuffer(self.embedding, dtype=np.float32)
 
 
-class ClipVectorRow(Base):
-    """A clip's matching embedding by one speaker encoder (``speakers.ENCODERS``): computed from the clip's
-    speech only, unlike the conditionals' ``ClipRow.embedding``, which is exactly what upstream computes."""
+class EncoderVector:
+    """One matching embedding by one speaker encoder (``matchers.ENCODERS``), computed from the speech only,
+    unlike the conditionals' embeddings, which are exactly what upstream computes."""
 
-    __tablename__ = "clip_vectors"
-
-    clip_pk: Mapped[int] = mapped_column(ForeignKey("clips.pk", ondelete="CASCADE"), primary_key=True)
     encoder: Mapped[str] = mapped_column(String(32), primary_key=True)
     #: SHA-256 of the weights that produced ``vector``.
     checksum: Mapped[str] = mapped_column(String(64))
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class VoiceVectorRow(Base):
-    """A voice's matching embedding by one speaker encoder: the L2-normalised mean of its clips' vectors.
+class ClipVectorRow(EncoderVector, Base):
+    """A clip's matching embedding by one encoder."""
+
+    __tablename__ = "clip_vectors"
+
+    clip_pk: Mapped[int] = mapped_column(ForeignKey("clips.pk", ondelete="CASCADE"), primary_key=True)
+
+
+class VoiceVectorRow(EncoderVector, Base):
+    """A voice's matching embedding by one encoder: the L2-normalised mean of its clips'.
 
     A voice without one for the Chatterbox encoder (imported as an embedding only, or enrolled before
     matching vectors existed) is matched by its conditionals embedding instead."""
@@ -139,9 +144,6 @@ class VoiceVectorRow(Base):
     __tablename__ = "voice_vectors"
 
     voice_pk: Mapped[int] = mapped_column(ForeignKey("voices.pk", ondelete="CASCADE"), primary_key=True)
-    encoder: Mapped[str] = mapped_column(String(32), primary_key=True)
-    checksum: Mapped[str] = mapped_column(String(64))
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ConditionalsRow(Base):
