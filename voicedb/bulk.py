@@ -33,8 +33,8 @@ from .context import LibraryContext
 from .errors import AudioError, InvalidName, LibraryError, VoiceDBError
 from .faults import crash_point
 from .flavours import Flavour, flavour_named
-from .matchers import CAMPPLUS, CHATTERBOX, ClipVectors, encoders_of
-from .matching import Matcher, mean_embedding
+from .matchers import CAMPPLUS, CHATTERBOX, ClipVectors, encoders_of, mean_embedding
+from .matching import Matcher
 from .records import Voice
 from .speakers import speech_only
 from .store import ClipRow, VoiceRow
@@ -255,7 +255,7 @@ class BulkEnrollment:
         self.matcher.check_checksums(matcher)
         weights = {CHATTERBOX: engine.voice_encoder_path(), CAMPPLUS: engine.campplus_path()}
         encoders = Encoders(
-            engine.voice_encoder_path(),
+            weights[CHATTERBOX],
             tuple((e, weights[e], self.matcher.encoders.checksum(e)) for e in encoders_of(matcher)),
         )
         total = len(voices) if hasattr(voices, "__len__") else 0

@@ -22,8 +22,8 @@ from . import config
 from .catalog import Catalog, matcher_vector
 from .context import LibraryContext
 from .errors import VoiceDBError
-from .matchers import CHECKSUM_KEYS, encoders_of, fuse
-from .matching import Matcher, check_threshold, mean_embedding
+from .matchers import CHECKSUM_KEYS, encoders_of, fuse, mean_embedding
+from .matching import Matcher, check_threshold
 from .records import Calibration, Threshold
 from .store import ClipRow, MetaRow, VoiceRow, utcnow
 

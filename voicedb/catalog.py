@@ -40,7 +40,7 @@ from .errors import (
 from .faults import crash_point
 from .files import atomic_path
 from .flavours import languages
-from .matchers import CHATTERBOX, CHECKSUM_KEYS, ClipVectors, encoders_of, fuse, mean_vector
+from .matchers import CHATTERBOX, CHECKSUM_KEYS, ClipVectors, encoders_of, fuse, mean_embedding
 from .records import Voice
 from .store import ClipRow, ClipVectorRow, MetaRow, VoiceRow, VoiceVectorRow, utcnow
 
@@ -253,10 +253,7 @@ class Change:
                 sample_rate=clip.sample_rate,
                 embedding=np.asarray(clip.vector, dtype=np.float32).tobytes(),
                 added_at=utcnow(),
-                match_vectors=[
-                    ClipVectorRow(encoder=encoder, checksum=checksum, vector=np.asarray(v, np.float32).tobytes())
-                    for encoder, (checksum, v) in clip.match.items()
-                ],
+                match_vectors=clip_vector_rows(clip.match),
             )
         )
 
@@ -282,9 +279,17 @@ class KeptClip:
         return cls(clip.sha256, suffix, clip.name, clip.duration_s, clip.speech_s, clip.sample_rate, vector, match)
 
 
-def refresh_match_vectors(session: Session, row: VoiceRow) -> None:
+def clip_vector_rows(vectors: ClipVectors) -> list[ClipVectorRow]:
+    """The rows that store one clip's matching vectors."""
+    return [
+        ClipVectorRow(encoder=encoder, checksum=checksum, vector=np.asarray(vector, np.float32).tobytes())
+        for encoder, (checksum, vector) in vectors.items()
+    ]
+
+
+def refresh_match_vectors(row: VoiceRow) -> dict[str, str]:
     """Set a voice's matching vectors to the mean of its clips' by each encoder that embedded every clip
-    with the same weights (others are dropped: ``check`` reports the gap), and record those weights."""
+    with the same weights (others are dropped: ``check`` reports the gap); returns encoder -> weights."""
     by_encoder: dict[tuple[str, str], list[np.ndarray]] = {}
     for clip in row.clips:
         for found in clip.match_vectors:
@@ -297,12 +302,12 @@ def refresh_match_vectors(session: Session, row: VoiceRow) -> None:
         if encoder not in complete:
             row.match_vectors.remove(found)
     for encoder, (checksum, vectors) in complete.items():
-        vector = mean_vector(vectors).tobytes()
+        vector = mean_embedding(vectors).tobytes()
         if encoder in current:
             current[encoder].checksum, current[encoder].vector = checksum, vector
         else:
             row.match_vectors.append(VoiceVectorRow(encoder=encoder, checksum=checksum, vector=vector))
-        session.merge(MetaRow(key=CHECKSUM_KEYS[encoder], value=checksum))
+    return {encoder: checksum for encoder, (checksum, _) in complete.items()}
 
 
 def matcher_vector(row: VoiceRow, matcher: str) -> np.ndarray | None:
@@ -336,8 +341,11 @@ class Catalog:
                     change = Change(session, ctx.home)
                     yield change
                     session.flush()
+                    weights = {}
                     for row in change.reindexed:
-                        refresh_match_vectors(session, row)
+                        weights.update(refresh_match_vectors(row))
+                    for encoder, checksum in weights.items():  # the library records what its vectors come from
+                        session.merge(MetaRow(key=CHECKSUM_KEYS[encoder], value=checksum))
                     if change.reindexed or change.unindexed or change.rebuild_index:
                         change.generation = ctx.store.bump_generation(session)
                     matcher = ctx.store.matcher(session)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select
 
 from .catalog import Catalog
 from .conditionals import ConditionalsStore, speaker_matches
@@ -23,9 +23,9 @@ from .enroll import Enrollment
 from .errors import VoiceDBError
 from .files import leftover_temp_files, sha256_file
 from .index import misfit
-from .matching import mean_embedding
+from .matchers import CHATTERBOX, encoders_of, mean_embedding
 from .records import Problem
-from .store import VoiceRow
+from .store import ClipRow, VoiceRow, VoiceVectorRow
 
 
 class Checker:
@@ -163,10 +163,19 @@ class Checker:
         if missing:
             message = f"{len(missing)} kept clips lack matching vectors for the matcher {matcher}"
             self._report("matching", message, self._try(self.enrollment.fill_match_vectors, matcher))
-        with self.ctx.store.session() as session:
-            pks, _ = self.ctx.store.all_vectors(session, matcher)
-            total = session.scalar(select(func.count()).select_from(VoiceRow))
-        if unmatched := total - len(pks):
+        # a voice without clips that lacks a vector by an encoder other than Chatterbox's (whose conditionals
+        # embedding stands in): nothing can embed it
+        lacking = [
+            ~exists().where(VoiceVectorRow.voice_pk == VoiceRow.pk, VoiceVectorRow.encoder == encoder)
+            for encoder in encoders_of(matcher)
+            if encoder != CHATTERBOX
+        ]
+        unmatched = 0
+        if lacking:
+            with self.ctx.store.session() as session:
+                clipless = ~exists().where(ClipRow.voice_pk == VoiceRow.pk)
+                unmatched = session.scalar(select(func.count()).select_from(VoiceRow).where(clipless, or_(*lacking)))
+        if unmatched:
             self._report(
                 "matching",
                 f"{unmatched} voices have no kept audio to embed for the matcher {matcher}, so `match` never "

@@ -1,6 +1,6 @@
 """Enrolling voices: decode and embed clips (slow, before any lock), judge them, then one change.
 
-A new voice's embedding is the mean of its clips' embeddings (``matching.mean_embedding``); adding
+A new voice's embedding is the mean of its clips' embeddings (``matchers.mean_embedding``); adding
 clips to a voice moves its embedding, so the same change re-derives the conditionals of the model
 asked for (unless ``conditionals=False``) and drops the voice's other conditionals, which are
 derived again on their first use.
@@ -19,16 +19,16 @@ from sqlalchemy.orm import selectinload
 from . import config
 from .audio import AudioInput, AudioSource, BestReference, LoadedClip, audio_source, expand_audio_paths, load_clip
 from .calibration import Thresholds
-from .catalog import Catalog, KeptClip, check_language, check_name, voice_record
+from .catalog import Catalog, KeptClip, check_language, check_name, clip_vector_rows, voice_record
 from .conditionals import ConditionalsStore, best_reference
 from .context import LibraryContext
 from .errors import AudioError, LibraryError, QualityError
 from .faults import crash_point
 from .flavours import flavour_named
-from .matchers import MATCHER_KEY, ClipVectors, check_matcher, encoders_of, fuse_clips
-from .matching import Matcher, mean_embedding
+from .matchers import MATCHER_KEY, ClipVectors, check_matcher, encoders_of, fuse_clips, mean_embedding
+from .matching import Matcher
 from .records import AddResult
-from .store import ClipRow, ClipVectorRow, MetaRow, utcnow
+from .store import ClipRow, MetaRow, utcnow
 
 #: ``progress(done, total, label)`` is called as multi-step work advances.
 ProgressHook = Callable[[int, int, str], None]
@@ -225,10 +225,7 @@ class Enrollment:
             row = self.catalog.row(change.session, voice_id)
             for clip in row.clips:
                 clip.embedding = vectors[clip.sha256].tobytes()
-                clip.match_vectors = [
-                    ClipVectorRow(encoder=encoder, checksum=checksum, vector=vector.tobytes())
-                    for encoder, (checksum, vector) in match[clip.sha256].items()
-                ]
+                clip.match_vectors = clip_vector_rows(match[clip.sha256])
             row.embedding = mean_embedding(list(vectors.values())).tobytes()
             row.encoder = engine.encoder_checksum
             self.conditionals.forget(change, row)
@@ -274,10 +271,8 @@ class Enrollment:
                     clip = change.session.get(ClipRow, clip_pk)
                     if clip is None:  # removed meanwhile
                         continue
-                    clip.match_vectors = [v for v in clip.match_vectors if v.encoder not in vectors] + [
-                        ClipVectorRow(encoder=encoder, checksum=checksum, vector=vector.tobytes())
-                        for encoder, (checksum, vector) in vectors.items()
-                    ]
+                    kept = [v for v in clip.match_vectors if v.encoder not in vectors]
+                    clip.match_vectors = kept + clip_vector_rows(vectors)
                     change.reindex(clip.voice)
         return len(found)
 

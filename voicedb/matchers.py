@@ -49,10 +49,19 @@ def dimension(matcher: str) -> int:
     return sum(DIMENSIONS[encoder] for encoder in encoders_of(matcher))
 
 
-def mean_vector(vectors: list[np.ndarray]) -> np.ndarray:
-    """The L2-normalised mean of unit vectors: a voice's vector from its clips'."""
-    mean = np.mean(np.stack(vectors), axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+def normalised(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise VoiceDBError("cannot use a zero or non-finite embedding.")
+    return (vector / norm).astype(np.float32)
+
+
+def mean_embedding(vectors: list[np.ndarray]) -> np.ndarray:
+    """The embedding of a voice with several clips, by any encoder: the mean of their (unit) embeddings,
+    L2-normalised again (float32). For one clip that is the clip's own embedding, exactly as upstream
+    ``prepare_conditionals`` computes the conditionals'."""
+    return normalised(np.mean(np.stack(vectors), axis=0))
 
 
 def fuse(parts: list[np.ndarray]) -> np.ndarray:
@@ -65,4 +74,4 @@ def fuse(parts: list[np.ndarray]) -> np.ndarray:
 
 def fuse_clips(clips: list[ClipVectors], matcher: str) -> np.ndarray:
     """The matcher vector of a voice made of these clips (each embedded by the matcher's encoders)."""
-    return fuse([mean_vector([clip[encoder][1] for clip in clips]) for encoder in encoders_of(matcher)])
+    return fuse([mean_embedding([clip[encoder][1] for clip in clips]) for encoder in encoders_of(matcher)])

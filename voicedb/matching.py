@@ -11,25 +11,10 @@ from .audio import AudioInput, load_query
 from .catalog import Catalog
 from .context import LibraryContext
 from .errors import LibraryError, NoMatch, VoiceDBError
-from .matchers import CAMPPLUS, CHECKSUM_KEYS, MATCHER_KEY, check_matcher, encoders_of
+from .matchers import CAMPPLUS, CHECKSUM_KEYS, MATCHER_KEY, check_matcher, encoders_of, normalised
 from .records import Match
 from .speakers import SpeakerEncoders
 from .store import MetaRow, VoiceRow
-
-
-def normalised(vector: np.ndarray) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm == 0.0:
-        raise VoiceDBError("cannot use a zero or non-finite embedding.")
-    return (vector / norm).astype(np.float32)
-
-
-def mean_embedding(vectors: list[np.ndarray]) -> np.ndarray:
-    """The embedding of a voice with several clips: the mean of their (unit) embeddings, L2-normalised
-    to unit length again (float32, (256,)). For one clip that is the clip's own embedding, exactly as
-    upstream ``prepare_conditionals`` computes it."""
-    return normalised(np.mean(np.stack(vectors), axis=0))
 
 
 def check_threshold(threshold: float | None) -> None:

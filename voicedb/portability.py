@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .audio import audio_source, load_clip
-from .catalog import ID_PATTERN, Catalog, Change, KeptClip, check_language, check_name, existing_values, voice_record
+from .catalog import ID_PATTERN, Catalog, KeptClip, check_language, check_name, existing_values, voice_record
 from .conditionals import IMPORTED, ConditionalsStore, Prepared, serialise
 from .context import LibraryContext
 from .enroll import Enrollment
@@ -25,8 +25,7 @@ from .errors import AudioError, DuplicateClip, ImportRejected, LibraryError, Voi
 from .faults import crash_point
 from .files import atomic_path, atomic_write_bytes, sha256_file
 from .flavours import FLAVOURS, flavour_named
-from .matchers import CHATTERBOX, MATCHER_KEY, encoders_of, fuse_clips
-from .matching import mean_embedding, normalised
+from .matchers import CHATTERBOX, MATCHER_KEY, encoders_of, fuse_clips, mean_embedding, normalised
 from .records import AddResult, Voice
 from .store import EMBEDDING_DIM, MetaRow, VoiceRow
 
@@ -199,10 +198,7 @@ class Portability:
             refuse_repeats(path, "id", found.ids)
         vectors = unit_rows(path, found.vectors)
         with self.catalog.write("import-embeddings") as change:
-            if (matcher := self.enrollment.matcher.name(change.session)) != CHATTERBOX and not self._has_matcher(
-                change
-            ):
-                matcher = CHATTERBOX  # a new library: embedding-only voices can be matched by this encoder only
+            matcher = self.ctx.store.matcher(change.session)  # a library that never chose one takes Chatterbox's
             if matcher != CHATTERBOX:
                 raise ImportRejected(
                     f"{path}: this library matches with {matcher}, and voices imported as Chatterbox embeddings "
@@ -216,10 +212,6 @@ class Portability:
             hook = (lambda done, total: progress(done, total, "importing voices")) if progress else None
             change.add_voices(ids, names, vectors, encoder, hook)
         return len(names)
-
-    @staticmethod
-    def _has_matcher(change: Change) -> bool:
-        return change.session.get(MetaRow, MATCHER_KEY) is not None
 
     def _duplicates(self, clips: list[dict[str, Any]], vector: np.ndarray) -> list[str]:
         """Stored voices an imported voice nearly duplicates, compared in the library's matching space: its
@@ -235,13 +227,16 @@ class Portability:
             "(`voicedb matcher chatterbox` matches by the conditionals' speaker embedding)"
         ]
 
-    def _match_vectors(self, clips: list[dict[str, Any]]) -> None:
-        """Embed the bundle's own audio for the library's matcher (the conditionals embedding travels with it)."""
+    def _embed_clips(self, clips: list[dict[str, Any]], reembed: bool) -> None:
+        """Embed the bundle's own audio, decoding each clip once: for the library's matcher, and with ``reembed``
+        for the conditionals too (the bundle's embedding came from another voice encoder)."""
         matcher = self.enrollment.matcher
         name = matcher.name()
         matcher.check_checksums(name)
         for clip in clips:
             wav = load_clip(audio_source(clip["data"], clip["file"])).wav_16k
+            if reembed:
+                clip["embedding"] = self.ctx.engine.embed(wav)
             clip["match"] = matcher.encoders.embed(wav, encoders_of(name))
 
     @staticmethod
@@ -284,14 +279,13 @@ class Portability:
         encoder = self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
         vector = normalised(bundle.embedding)
         prepared: dict[str, Prepared] = {}
-        if manifest.get("encoder") != encoder:
-            if not clips:
-                raise ImportRejected(
-                    f"{path}: its embedding comes from another voice encoder and it holds no clips to embed again."
-                )
-            engine = self.ctx.engine
-            for clip in clips:  # this library's encoder, from the bundle's own audio
-                clip["embedding"] = engine.embed(load_clip(audio_source(clip["data"], clip["file"])).wav_16k)
+        reembed = manifest.get("encoder") != encoder
+        if reembed and not clips:
+            raise ImportRejected(
+                f"{path}: its embedding comes from another voice encoder and it holds no clips to embed again."
+            )
+        self._embed_clips(clips, reembed)
+        if reembed:
             vector = mean_embedding([c["embedding"] for c in clips])
             # the bundle's conditionals carry the other encoder's vector: they are derived again on first use
         else:
@@ -303,7 +297,6 @@ class Portability:
                     conds = read_conditionals(data, f"{path}:{member}")
                     prepared[flavour] = Prepared(flavour, serialise(conds), IMPORTED, None)
         tags = [str(tag) for tag in manifest.get("tags", []) if isinstance(tag, str)]
-        self._match_vectors(clips)
         warnings = self._duplicates(clips, vector)
         voice = self._insert(name, tags, vector, encoder, prepared, clips, language)
         return AddResult(voice, True, [], warnings)
