@@ -15,6 +15,7 @@ from conftest import run, run_fails
 from voicedb import VoiceDB
 from voicedb.audio import load_query
 from voicedb.campplus import CAMPPLUS_FILE
+from voicedb.embeddings import Embeddings, read_npz, write_npz
 from voicedb.matchers import fuse
 
 FUSED = "chatterbox+campplus"
@@ -124,19 +125,57 @@ def test_a_library_matching_with_campplus_says_how_to_go_on_when_its_weights_are
     assert best(clips[1], "--checkpoint", str(without_campplus))["matches"][0]["name"] == speaker
 
 
-def test_embedding_only_voices_are_refused_by_a_library_that_matches_with_campplus(
+def test_a_library_mixing_clip_pt_and_embedding_only_voices_ranks_each_probe_to_its_own_voice(
     home: Path, multi_clip_speakers, tmp_path: Path
 ):
-    speaker, clips = next(iter(multi_clip_speakers.items()))
+    speakers = list(multi_clip_speakers.items())[:6]
+    for speaker, clips in speakers:
+        enroll(clips[:1], speaker)
+    everyone = tmp_path / "all.npz"
+    assert run("export", "--embeddings", str(everyone)).exit_code == 0
+    with_pt, embedding_only = [s for s, _ in speakers[2:4]], [s for s, _ in speakers[4:]]
+    for speaker in with_pt:
+        assert run("export", speaker, "-o", str(tmp_path / f"{speaker}.pt")).exit_code == 0
+    run("rm", *with_pt, *embedding_only)
+    for speaker in with_pt:
+        assert run("import", str(tmp_path / f"{speaker}.pt"), "--name", speaker).exit_code == 0
+    found = read_npz(everyone, 256)
+    keep = [n for n, name in enumerate(found.names) if name in embedding_only]
+    some = tmp_path / "some.npz"
+    write_npz(some, Embeddings([found.names[n] for n in keep], found.vectors[keep], found.encoder, None))
+    assert run("import", "--embeddings", str(some)).exit_code == 0
+
+    for speaker, clips in speakers:
+        answer = best(clips[1])
+        top = answer["matches"][0]
+        assert top["name"] == speaker, (speaker, answer["matches"][:3])
+        assert top["evidence"] == (FUSED if speaker not in with_pt + embedding_only else "chatterbox")
+    report = run("check", "--json")
+    assert report.exit_code == 0 and json.loads(report.stdout) == [], report.output
+
+
+def test_a_clip_less_voice_moves_to_the_matchers_index_once_it_has_a_clip_and_leaves_with_rm(
+    home: Path, multi_clip_speakers, tmp_path: Path
+):
+    (speaker, clips), (other, other_clips) = list(multi_clip_speakers.items())[:2]
+    enroll(other_clips[:1], other)
     enroll(clips[:1], speaker)
     exported = tmp_path / "voices.npz"
     assert run("export", "--embeddings", str(exported)).exit_code == 0
     run("rm", speaker)
-    line = run_fails("import", "--embeddings", str(exported))
-    assert f"this library matches with {FUSED}" in line and "voicedb matcher chatterbox" in line
-    assert run("matcher", "chatterbox").exit_code == 0
+    found = read_npz(exported, 256)
+    write_npz(
+        exported,
+        Embeddings(
+            [speaker], found.vectors[found.names.index(speaker) : found.names.index(speaker) + 1], found.encoder, None
+        ),
+    )
     assert run("import", "--embeddings", str(exported)).exit_code == 0
-    assert best(clips[1])["matches"][0]["name"] == speaker
+    assert best(clips[1])["matches"][0] == {**best(clips[1])["matches"][0], "name": speaker, "evidence": "chatterbox"}
+    assert run("add", str(clips[0]), "--voice", speaker, "--no-conditionals").exit_code == 0
+    assert best(clips[1])["matches"][0]["evidence"] == FUSED
+    run("rm", speaker)
+    assert [m["name"] for m in best(clips[1])["matches"]] == [other]
 
 
 def test_voices_enrolled_before_matching_vectors_existed_are_matched_then_repaired_by_check(

@@ -22,7 +22,7 @@ from . import config
 from .catalog import Catalog, matcher_vector
 from .context import LibraryContext
 from .errors import VoiceDBError
-from .matchers import CHECKSUM_KEYS, encoders_of, fuse, mean_embedding
+from .matchers import encoders_of, fuse, mean_embedding
 from .matching import Matcher, check_threshold
 from .records import Calibration, Threshold
 from .store import ClipRow, MetaRow, VoiceRow, utcnow
@@ -142,15 +142,8 @@ class Thresholds:
         self.matcher = matcher
 
     def identity(self) -> str:
-        """The library's matcher and the weights of its encoders (``matcher:sha16[:sha16]``): scores are
-        comparable only within one identity. Checksums come from the library, else from the engine."""
-        matcher = self.matcher.name()
-        sums = []
-        with self.ctx.store.session() as session:
-            for encoder in encoders_of(matcher):
-                row = session.get(MetaRow, CHECKSUM_KEYS[encoder])
-                sums.append(row.value if row else self.matcher.encoders.checksum(encoder))
-        return ":".join([matcher, *(checksum[:16] for checksum in sums)])
+        """The library's matcher and the weights of its encoders (``matcher:sha16[:sha16]``)."""
+        return self.matcher.identity()
 
     def resolve(self, given: float | None = None) -> Threshold:
         """The threshold ``match`` applies, where it comes from, and the matcher's measured error rates (see

@@ -40,6 +40,7 @@ from .errors import (
 from .faults import crash_point
 from .files import atomic_path
 from .flavours import languages
+from .index import Space
 from .matchers import CHATTERBOX, CHECKSUM_KEYS, ClipVectors, encoders_of, fuse, mean_embedding
 from .records import Voice
 from .store import ClipRow, ClipVectorRow, MetaRow, VoiceRow, VoiceVectorRow, utcnow
@@ -104,11 +105,12 @@ def like_glob(pattern: str) -> str:
 
 
 def rebuild_quietly(ctx: LibraryContext) -> None:
-    """Rebuild the index after a committed bulk change; a failure leaves it stale, for the next reader to rebuild."""
-    try:
-        ctx.index.rebuild()
-    except Exception:  # noqa: BLE001 - derived data, and the change is already committed
-        log.warning("could not rebuild the index; the next reader will", exc_info=True)
+    """Rebuild the indexes after a committed bulk change; a failure leaves one stale, for the next reader to rebuild."""
+    for index in ctx.indexes:
+        try:
+            index.rebuild()
+        except Exception:  # noqa: BLE001 - derived data, and the change is already committed
+            log.warning("could not rebuild the index; the next reader will", exc_info=True)
 
 
 def voice_record(row: VoiceRow) -> Voice:
@@ -310,13 +312,28 @@ def refresh_match_vectors(row: VoiceRow) -> dict[str, str]:
     return {encoder: checksum for encoder, (checksum, _) in complete.items()}
 
 
-def matcher_vector(row: VoiceRow, matcher: str) -> np.ndarray | None:
-    """The voice's vector in the index of ``matcher``, or ``None`` when it lacks one of its encoders
-    (a voice without a Chatterbox matching vector is represented by its conditionals embedding)."""
+def stored_vectors(row: VoiceRow) -> dict[str, np.ndarray]:
+    """encoder -> the voice's vector by it (a voice without a Chatterbox matching vector is represented by
+    its conditionals embedding, which every voice has)."""
     stored = {found.encoder: np.frombuffer(found.vector, dtype=np.float32) for found in row.match_vectors}
     stored.setdefault(CHATTERBOX, row.vector)
+    return stored
+
+
+def matcher_vector(row: VoiceRow, matcher: str) -> np.ndarray | None:
+    """The voice's vector in the index of ``matcher``, or ``None`` when it lacks one of its encoders."""
+    stored = stored_vectors(row)
     parts = [stored.get(encoder) for encoder in encoders_of(matcher)]
     return None if any(part is None for part in parts) else fuse(parts)
+
+
+def space_vector(row: VoiceRow, matcher: str, space: Space) -> np.ndarray | None:
+    """The voice's vector in the index of ``space`` (``index.PRIMARY``: ``matcher_vector``; ``FALLBACK``: its
+    Chatterbox vector, only when the matcher cannot compare it), or ``None`` when that index leaves it out."""
+    primary = matcher_vector(row, matcher)
+    if not space.fallback:
+        return primary
+    return stored_vectors(row)[CHATTERBOX] if primary is None and space.used(matcher) else None
 
 
 class Catalog:
@@ -367,13 +384,14 @@ class Catalog:
             if change.rebuild_index:
                 rebuild_quietly(ctx)
             elif change.generation is not None:
-                vectors = [(row.pk, matcher_vector(row, matcher)) for row in change.reindexed]
-                ctx.index.apply(
-                    change.generation,
-                    matcher,
-                    add=[(pk, vector.copy()) for pk, vector in vectors if vector is not None],
-                    remove=[*change.unindexed, *(pk for pk, vector in vectors if vector is None)],
-                )
+                for index in ctx.indexes:
+                    vectors = [(row.pk, space_vector(row, matcher, index.space)) for row in change.reindexed]
+                    index.apply(
+                        change.generation,
+                        matcher,
+                        add=[(pk, vector.copy()) for pk, vector in vectors if vector is not None],
+                        remove=[*change.unindexed, *(pk for pk, vector in vectors if vector is None)],
+                    )
 
     # -- reading -----------------------------------------------------------------------------
     def row(self, session: Session, ref: str) -> VoiceRow:

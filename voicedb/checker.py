@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import exists, func, or_, select
 
 from .catalog import Catalog
 from .conditionals import ConditionalsStore, speaker_matches
@@ -22,10 +21,9 @@ from .context import CLIPS_DIR, CONDS_DIR, LibraryContext
 from .enroll import Enrollment
 from .errors import VoiceDBError
 from .files import leftover_temp_files, sha256_file
-from .index import misfit
-from .matchers import CHATTERBOX, encoders_of, mean_embedding
+from .index import VoiceIndex, misfit
+from .matchers import mean_embedding
 from .records import Problem
-from .store import ClipRow, VoiceRow, VoiceVectorRow
 
 
 class Checker:
@@ -153,7 +151,7 @@ class Checker:
 
     def _match_vectors(self) -> None:
         """Kept clips without the matcher's vectors (enrolled before matchers existed, or by other weights):
-        embedded on repair. Voices without clips that the matcher cannot compare are reported."""
+        embedded on repair. (Voices without clips are matched by their Chatterbox embedding: see ``index``.)"""
         matcher = self.enrollment.matcher.name()
         try:
             missing = self.enrollment.missing_match_vectors(matcher)
@@ -163,36 +161,25 @@ class Checker:
         if missing:
             message = f"{len(missing)} kept clips lack matching vectors for the matcher {matcher}"
             self._report("matching", message, self._try(self.enrollment.fill_match_vectors, matcher))
-        # a voice without clips that lacks a vector by an encoder other than Chatterbox's (whose conditionals
-        # embedding stands in): nothing can embed it
-        lacking = [
-            ~exists().where(VoiceVectorRow.voice_pk == VoiceRow.pk, VoiceVectorRow.encoder == encoder)
-            for encoder in encoders_of(matcher)
-            if encoder != CHATTERBOX
-        ]
-        unmatched = 0
-        if lacking:
-            with self.ctx.store.session() as session:
-                clipless = ~exists().where(ClipRow.voice_pk == VoiceRow.pk)
-                unmatched = session.scalar(select(func.count()).select_from(VoiceRow).where(clipless, or_(*lacking)))
-        if unmatched:
-            self._report(
-                "matching",
-                f"{unmatched} voices have no kept audio to embed for the matcher {matcher}, so `match` never "
-                "finds them; re-enroll them or `voicedb matcher chatterbox`",
-            )
 
     def _index(self) -> None:
-        files = self.ctx.index.files
+        for voice_index in self.ctx.indexes:
+            self._one_index(voice_index)
+
+    def _one_index(self, voice_index: VoiceIndex) -> None:
+        files = voice_index.files
         with self.ctx.store.session() as session:
             generation = self.ctx.store.generation(session)
             matcher = self.ctx.store.matcher(session)
             index = files.load(generation, matcher)
-            pks, vectors = self.ctx.store.all_vectors(session, matcher)
+            pks, vectors = voice_index.space.vectors(self.ctx.store, session, matcher)
+        if voice_index.space.fallback and not len(pks):
+            return  # nothing to find there: a reader builds it (empty) when it needs it
+        name = "the FAISS index of clip-less voices" if voice_index.space.fallback else "the FAISS index"
         if index is not None:
             if not index_matches(index, pks, vectors):
                 reason = "holds other voices or vectors than the database"
-            elif (wrong_kind := misfit(index, self.ctx.index.exact_max)) is None:
+            elif (wrong_kind := misfit(index, voice_index.exact_max)) is None:
                 return
             else:
                 reason = wrong_kind
@@ -202,8 +189,8 @@ class Checker:
             reason = "is stale or unreadable"
         if self.repair:
             with self.ctx.writer.held():
-                self.ctx.index.rebuild()
-        self._report("index", f"the FAISS index {reason}", self.repair)
+                voice_index.rebuild()
+        self._report("index", f"{name} {reason}", self.repair)
 
 
 def index_matches(index: Any, pks: np.ndarray, vectors: np.ndarray) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from . import config
 from .errors import LibraryError
-from .index import IndexFiles, VoiceIndex, new_index
+from .index import FALLBACK, IndexFiles, VoiceIndex, new_index
 from .locks import FileWriterLock, WriterLock
 from .store import MetaRow, Store, sqlite_url
 
@@ -48,6 +48,9 @@ class LibraryContext:
         self.store = Store(sqlite_url(home / DB_FILE))
         self.writer: WriterLock = FileWriterLock(home / LOCK_FILE)
         self.index = VoiceIndex(IndexFiles(home), self.store, self.writer)
+        #: The voices the matcher cannot compare, by their Chatterbox embedding (see ``index``).
+        self.fallback_index = VoiceIndex(IndexFiles(home, FALLBACK), self.store, self.writer)
+        self.indexes = (self.index, self.fallback_index)
         if self.store.needs_upgrade():
             self._upgrade()
 

@@ -25,7 +25,7 @@ from .context import LibraryContext
 from .errors import AudioError, LibraryError, QualityError
 from .faults import crash_point
 from .flavours import flavour_named
-from .matchers import MATCHER_KEY, ClipVectors, check_matcher, encoders_of, fuse_clips, mean_embedding
+from .matchers import MATCHER_KEY, ClipVectors, check_matcher, encoders_of, fuse_clips, mean_embedding, voice_parts
 from .matching import Matcher
 from .records import AddResult
 from .store import ClipRow, MetaRow, utcnow
@@ -116,7 +116,7 @@ class Enrollment:
         warnings = [w for clip in clips for w in clip.warnings]
         warnings += self.similarity_warnings(clips, match, stored, matcher)
         if voice is None:
-            warnings += self.duplicate_warnings(fuse_clips(match, matcher), voice_id)
+            warnings += self.duplicate_warnings(voice_parts(match, matcher), voice_id)
         if strict and warnings:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
         prepared = None
@@ -194,13 +194,14 @@ class Enrollment:
                 found.append(f"{clip.name}: scores only {score:.2f} against the other clips (another speaker?)")
         return found
 
-    def duplicate_warnings(self, vector: np.ndarray, exclude_id: str | None = None) -> list[str]:
-        """Stored voices that a new voice (``vector``: in the matching space) nearly duplicates: scores clear
-        of the library's threshold by the verdict margin, where a match would say "same speaker"."""
+    def duplicate_warnings(self, parts: dict[str, np.ndarray], exclude_id: str | None = None) -> list[str]:
+        """Stored voices that a new voice (``parts``: its unit vector by each encoder it has) nearly duplicates,
+        scored as ``match`` scores: clear of the library's threshold by the verdict margin, where a match would
+        say "same speaker"."""
         line = self.thresholds.resolve().value + config.VERDICT_MARGIN
         return [
             f"nearly duplicates voice {hit.id} ({hit.name}) with score {hit.score:.2f}"
-            for hit in self.matcher.match_vector(vector, k=2)
+            for hit in self.matcher.match_parts(parts, k=2)
             if hit.id != exclude_id and hit.score >= line
         ]
 

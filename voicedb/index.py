@@ -9,6 +9,10 @@ above, whose lists keep the full vectors, so each candidate it visits gets its e
 a voice in a list it does not visit can be missed. ``index.json`` beside it records the library
 generation the index was built at (SQLite bumps that counter in the same transaction as every change
 to a voice vector or to the matcher, so a mismatch means "stale: rebuild"), its size, kind and matcher.
+
+A second index, ``index-chatterbox.faiss`` (the ``FALLBACK`` space), holds the voices the library's matcher
+cannot compare (no kept clips, so no CAM++ vector: a ``.pt`` import, an embedding-only voice) by the
+Chatterbox embedding every voice has; ``matching`` puts its scores on the matcher's scale before ranking.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from . import config
 from .faults import crash_point
 from .files import atomic_path, atomic_write_bytes
-from .matchers import LEGACY_MATCHER, dimension
+from .matchers import CHATTERBOX, DIMENSIONS, LEGACY_MATCHER, dimension, encoders_of
 
 if TYPE_CHECKING:
     from .locks import WriterLock
@@ -35,8 +39,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-STAMP_FILE = "index.json"
+
+@dataclass(frozen=True)
+class Space:
+    """Which vectors an index holds: the library matcher's (``PRIMARY``), or Chatterbox's embedding of the
+    voices the matcher cannot compare (``FALLBACK``; always empty for the ``chatterbox`` matcher, which
+    compares every voice)."""
+
+    name: str
+    #: The index files are ``<stem>.faiss`` and ``<stem>.json``.
+    stem: str
+
+    @property
+    def fallback(self) -> bool:
+        return self is FALLBACK
+
+    def key(self, matcher: str) -> str:
+        """What the index's stamp records, so that an index built for another matcher is never used."""
+        return f"{CHATTERBOX} beside {matcher}" if self.fallback else matcher
+
+    def dimension(self, matcher: str) -> int:
+        return DIMENSIONS[CHATTERBOX] if self.fallback else dimension(matcher)
+
+    def used(self, matcher: str) -> bool:
+        """Whether this space can hold any voice under ``matcher``."""
+        return not self.fallback or encoders_of(matcher) != (CHATTERBOX,)
+
+    def vectors(self, store: Store, session: Any, matcher: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.fallback:
+            return store.fallback_vectors(session, matcher)
+        return store.all_vectors(session, matcher)
+
+
+PRIMARY = Space("matcher", "index")
+FALLBACK = Space("fallback", "index-chatterbox")
 
 FLAT = "flat"
 IVF = "ivf"
@@ -121,17 +157,18 @@ def update(index: Any, add: Iterable[tuple[int, np.ndarray]], remove: Iterable[i
 
 @dataclass
 class IndexFiles:
-    """The on-disk index of one library directory."""
+    """The on-disk index of one space (``PRIMARY`` by default) of one library directory."""
 
     home: Path
+    space: Space = PRIMARY
 
     @property
     def index_path(self) -> Path:
-        return self.home / INDEX_FILE
+        return self.home / f"{self.space.stem}.faiss"
 
     @property
     def stamp_path(self) -> Path:
-        return self.home / STAMP_FILE
+        return self.home / f"{self.space.stem}.json"
 
     def writable(self) -> bool:
         import os
@@ -156,7 +193,7 @@ class IndexFiles:
         import faiss
 
         stamp = self.stamp()
-        if stamp is None or (stamp["generation"], stamp["matcher"]) != (generation, matcher):
+        if stamp is None or (stamp["generation"], stamp["matcher"]) != (generation, self.space.key(matcher)):
             return None
         if not self.index_path.exists():
             return None
@@ -164,7 +201,8 @@ class IndexFiles:
             index = faiss.read_index(str(self.index_path))
         except (RuntimeError, OSError, ValueError):
             return None
-        if index.ntotal != stamp["count"] or index.d != dimension(matcher) or kind_of(index) != stamp["kind"]:
+        expected = (stamp["count"], self.space.dimension(matcher), stamp["kind"])
+        if (index.ntotal, index.d, kind_of(index)) != expected:
             return None
         if kind_of(index) == IVF:
             index.nprobe = ivf_probes(index.nlist)  # this code's setting, not the one saved with the file
@@ -177,7 +215,12 @@ class IndexFiles:
         with atomic_path(self.index_path) as temp:
             faiss.write_index(index, str(temp))
         crash_point("index:written")
-        stamp = {"generation": generation, "count": index.ntotal, "kind": kind_of(index), "matcher": matcher}
+        stamp = {
+            "generation": generation,
+            "count": index.ntotal,
+            "kind": kind_of(index),
+            "matcher": self.space.key(matcher),
+        }
         atomic_write_bytes(self.stamp_path, json.dumps(stamp).encode())
 
 
@@ -211,6 +254,7 @@ class VoiceIndex:
 
     def __init__(self, files: IndexFiles, store: Store, writer: WriterLock) -> None:
         self.files = files
+        self.space = files.space
         self.store = store
         self.writer = writer
         self.exact_max = config.index_exact_max()
@@ -227,7 +271,7 @@ class VoiceIndex:
             matcher = self.store.matcher(session)
             index = None if rebuild else self.files.load(generation, matcher)
             if index is None:
-                index = new_index(*self.store.all_vectors(session, matcher), self.exact_max)
+                index = self._built(session, matcher)
                 self._save_if_possible(index, generation, matcher)
         self._index, self._generation = index, generation
         return index
@@ -270,7 +314,7 @@ class VoiceIndex:
             index = self._index
         else:
             index = self.files.load(generation - 1, matcher)
-        if index is not None and index.d == dimension(matcher):
+        if index is not None and index.d == self.space.dimension(matcher):
             update(index, add, remove)
             if misfit(index, self.exact_max):
                 index = None
@@ -278,7 +322,7 @@ class VoiceIndex:
             index = None
         if index is None:  # stale, missing, or no longer the kind its size calls for: rebuild from the truth
             with self.store.session() as session:
-                index = new_index(*self.store.all_vectors(session, matcher), self.exact_max)
+                index = self._built(session, matcher)
         self._index, self._generation = index, generation
         self.files.save(index, generation, matcher)
 
@@ -287,6 +331,16 @@ class VoiceIndex:
         with self._lock, self.store.session() as session:
             generation = self.store.generation(session)
             matcher = self.store.matcher(session)
-            index = new_index(*self.store.all_vectors(session, matcher), self.exact_max)
+            index = self._built(session, matcher)
             self.files.save(index, generation, matcher)
             self._index, self._generation = index, generation
+
+    def _built(self, session: Any, matcher: str) -> Any:
+        """A new index of this space from the store (the truth)."""
+        pks, vectors = self.space.vectors(self.store, session, matcher)
+        return new_index(pks, vectors.reshape(len(pks), self.space.dimension(matcher)), self.exact_max)
+
+    def size(self) -> int:
+        """How many voices the index holds (loaded or rebuilt as ``search`` would)."""
+        with self._lock:
+            return self._current(rebuild=False).ntotal

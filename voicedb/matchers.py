@@ -72,6 +72,23 @@ def fuse(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=np.float32) * scale for p in parts], axis=-1)
 
 
+def voice_parts(clips: list[ClipVectors], matcher: str) -> dict[str, np.ndarray]:
+    """encoder -> the unit vector of a voice made of these clips (each embedded by the matcher's encoders)."""
+    return {encoder: mean_embedding([clip[encoder][1] for clip in clips]) for encoder in encoders_of(matcher)}
+
+
 def fuse_clips(clips: list[ClipVectors], matcher: str) -> np.ndarray:
     """The matcher vector of a voice made of these clips (each embedded by the matcher's encoders)."""
-    return fuse([mean_embedding([clip[encoder][1] for clip in clips]) for encoder in encoders_of(matcher)])
+    return fuse(list(voice_parts(clips, matcher).values()))
+
+
+def split(vector: np.ndarray, matcher: str) -> dict[str, np.ndarray]:
+    """The encoders' unit vectors inside one ``matcher`` vector: ``fuse`` undone."""
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if len(vector) != dimension(matcher):
+        raise VoiceDBError(f"a {matcher} vector has {dimension(matcher)} values, not {len(vector)}.")
+    parts, start = {}, 0
+    for encoder in encoders_of(matcher):
+        parts[encoder] = normalised(vector[start : start + DIMENSIONS[encoder]])
+        start += DIMENSIONS[encoder]
+    return parts

@@ -1,6 +1,17 @@
-"""Which stored voices sound like a clip: embed the query, check the encoder, search, apply the threshold."""
+"""Which stored voices sound like a clip: embed the query, check the encoder, search, apply the threshold.
+
+Every voice is matchable. Voices the library's matcher can compare (their clips were embedded by each of its
+encoders) are searched in the main index; voices it cannot (no kept clips: a ``.pt`` import, an embedding-only
+voice, a bundle without CAM++) in the fallback index, by the Chatterbox embedding every voice has. The two
+kinds of score are put on one scale before they are ranked: each evidence has a log-likelihood ratio fitted
+by logistic regression on the development set (``llr`` in ``shipped_thresholds.json``, written by
+``scripts/eval_matching.py``), and a fallback score is reported as the matcher score with the same
+log-likelihood ratio, so one threshold and one set of verdicts serve both. ``Match.evidence`` says which.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
@@ -11,15 +22,54 @@ from .audio import AudioInput, load_query
 from .catalog import Catalog
 from .context import LibraryContext
 from .errors import LibraryError, NoMatch, VoiceDBError
-from .matchers import CAMPPLUS, CHECKSUM_KEYS, MATCHER_KEY, check_matcher, encoders_of, normalised
+from .index import FALLBACK
+from .matchers import (
+    CAMPPLUS,
+    CHATTERBOX,
+    CHECKSUM_KEYS,
+    DIMENSIONS,
+    MATCHER_KEY,
+    check_matcher,
+    encoders_of,
+    fuse,
+    split,
+)
 from .records import Match
 from .speakers import SpeakerEncoders
 from .store import MetaRow, VoiceRow
+
+#: The evidence of a fallback score: a query's Chatterbox vector against a voice's conditionals embedding
+#: (``conditionals:<sha16 of the voice encoder>`` is its identity in ``shipped_thresholds.json``).
+CONDITIONALS_EVIDENCE = "conditionals"
 
 
 def check_threshold(threshold: float | None) -> None:
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise VoiceDBError(f"threshold {threshold} is not a cosine score; choose a value from -1 to 1.")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How a fallback score becomes a matcher score: ``slope * cosine + offset`` (the matcher score whose
+    log-likelihood ratio is the fallback score's), and whether it was measured or only assumed."""
+
+    slope: float
+    offset: float
+    measured: bool
+
+    def __call__(self, cosine: float) -> float:
+        return self.slope * cosine + self.offset
+
+
+def fallback_scale(matcher_identity: str, fallback_identity: str) -> Scale:
+    """The ``Scale`` from the shipped logistic calibrations (``llr = a * score + b``) of both evidences;
+    weights nobody measured keep the cosine as it is (both then face the default threshold)."""
+    primary = config.SHIPPED_THRESHOLDS.get(matcher_identity, {}).get("llr")
+    fallback = config.SHIPPED_THRESHOLDS.get(fallback_identity, {}).get("llr")
+    if primary is None or fallback is None:
+        return Scale(1.0, 0.0, False)
+    (a_p, b_p), (a_f, b_f) = primary, fallback
+    return Scale(a_f / a_p, (b_f - b_p) / a_p, True)
 
 
 class Matcher:
@@ -51,6 +101,23 @@ class Matcher:
         session.merge(MetaRow(key=MATCHER_KEY, value=check_matcher(name)))
         return name
 
+    def identity(self, evidence: str | None = None) -> str:
+        """The identity of the library's matcher (or of ``evidence``: a matcher name or
+        ``CONDITIONALS_EVIDENCE``) with the weights of its encoders, ``name:sha16[:sha16]``: scores are
+        comparable only within one identity. Checksums come from the library, else from the engine."""
+        with self.ctx.store.session() as session:
+            evidence = evidence or self.name(session)
+            encoders = (CHATTERBOX,) if evidence == CONDITIONALS_EVIDENCE else encoders_of(evidence)
+            sums = []
+            for encoder in encoders:
+                row = session.get(MetaRow, CHECKSUM_KEYS[encoder])
+                sums.append(row.value if row else self.encoders.checksum(encoder))
+        return ":".join([evidence, *(checksum[:16] for checksum in sums)])
+
+    def scale(self) -> Scale:
+        """How the fallback index's scores join the matcher's (see the module docstring)."""
+        return fallback_scale(self.identity(), self.identity(CONDITIONALS_EVIDENCE))
+
     def check_checksums(self, matcher: str) -> None:
         """Refuse to compare vectors with a query from other weights than the stored vectors' (cheap: no network)."""
         self.encoders.require(matcher)
@@ -68,11 +135,23 @@ class Matcher:
         """The speaker embedding of one clip as the conditionals hold it (float32, (256,), L2-normalised)."""
         return self.ctx.engine.embed(load_query(audio))
 
-    def query_vector(self, audio: AudioInput) -> np.ndarray:
-        """The clip's vector in the library's matching space (see ``matchers``)."""
+    def _fallback_in_use(self, matcher: str) -> bool:
+        return FALLBACK.used(matcher) and self.ctx.fallback_index.size() > 0
+
+    def query_parts(self, audio: AudioInput) -> dict[str, np.ndarray]:
+        """The clip's unit vector by each encoder ``match`` needs: the matcher's, and Chatterbox's when voices
+        the matcher cannot compare are waiting in the fallback index."""
         matcher = self.name()
         self.check_checksums(matcher)  # before decoding anything
-        return self.encoders.query(load_query(audio), matcher)
+        encoders = encoders_of(matcher)
+        if CHATTERBOX not in encoders and self._fallback_in_use(matcher):
+            encoders = (*encoders, CHATTERBOX)
+        return {encoder: vector for encoder, (_, vector) in self.encoders.embed(load_query(audio), encoders).items()}
+
+    def query_vector(self, audio: AudioInput) -> np.ndarray:
+        """The clip's vector in the library's matching space (see ``matchers``)."""
+        parts = self.query_parts(audio)
+        return fuse([parts[encoder] for encoder in encoders_of(self.name())])
 
     def match(self, audio: AudioInput, k: int = 5, threshold: float | None = config.DEFAULT_THRESHOLD) -> list[Match]:
         """The ``k`` stored voices nearest to the speaker in ``audio``, best first.
@@ -81,17 +160,27 @@ class Matcher:
         nearest voices in ``.nearest``) is raised when none is left: the clip is an unknown speaker.
         """
         check_threshold(threshold)
-        return self.match_vector(self.query_vector(audio), k=k, threshold=threshold)
+        return self.match_parts(self.query_parts(audio), k=k, threshold=threshold)
 
     def match_vector(self, vector: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Match]:
         """Like ``match`` for a vector in the library's matching space already computed (normalised here)."""
+        return self.match_parts(split(vector, self.name()), k=k, threshold=threshold)
+
+    def match_parts(
+        self, parts: dict[str, np.ndarray], k: int = 5, threshold: float | None = None, exclude: int | None = None
+    ) -> list[Match]:
+        """Like ``match`` for a query given as its encoders' unit vectors; ``exclude`` leaves one voice (by
+        primary key) out. Both indexes are searched and their scores ranked on the matcher's scale."""
         if k < 1:
             raise VoiceDBError("k must be at least 1.")
         check_threshold(threshold)
-        vector = normalised(vector)
-        matches = self._search(vector, k, rebuild=False)
-        if matches is None:  # the saved index names voices the store does not have: rebuild it from the truth
-            matches = self._search(vector, k, rebuild=True) or []
+        matcher = self.name()
+        hits = self._ranked(parts, matcher, k, exclude, rebuild=False)
+        found = self.catalog.by_pks([pk for pk, *_ in hits])
+        if len(found) < len(hits):  # an index names voices the store does not have: rebuild it from the truth
+            hits = self._ranked(parts, matcher, k, exclude, rebuild=True)
+            found = self.catalog.by_pks([pk for pk, *_ in hits])
+        matches = [Match(*found[pk], score, evidence, cosine) for pk, score, cosine, evidence in hits if pk in found]
         if threshold is not None:
             kept = [m for m in matches if m.score >= threshold]
             if not kept:
@@ -100,10 +189,29 @@ class Matcher:
             matches = kept
         return matches
 
-    def _search(self, vector: np.ndarray, k: int, rebuild: bool) -> list[Match] | None:
-        """The ``k`` nearest voices, or ``None`` when a hit is missing from the store (an inconsistent index)."""
-        hits = self.ctx.index.search(vector, k, rebuild=rebuild)
-        found = self.catalog.by_pks([pk for pk, _ in hits])
-        if any(pk not in found for pk, _ in hits):
-            return None
-        return [Match(*found[pk], score) for pk, score in hits]
+    def _ranked(
+        self, parts: dict[str, np.ndarray], matcher: str, k: int, exclude: int | None, rebuild: bool
+    ) -> list[tuple[int, float, float, str]]:
+        """(pk, score on the matcher's scale, cosine, evidence) of the ``k`` best voices of both indexes.
+
+        A query with only Chatterbox's vector (a voice without clips, looking for its duplicates) searches the
+        matcher's index with the other encoders' parts left at zero: the inner product is then the Chatterbox
+        cosine over the number of encoders, which is scaled back and put on the matcher's scale."""
+        wanted = k + (exclude is not None)
+        encoders = encoders_of(matcher)
+        if CHATTERBOX not in parts and not set(encoders) <= set(parts):
+            raise VoiceDBError(f"a query for {matcher} needs a vector by {' and '.join(encoders)}.")
+        scale = self.scale()
+        if set(encoders) <= set(parts):
+            vector = fuse([parts[encoder] for encoder in encoders])
+            found = self.ctx.index.search(vector, wanted, rebuild=rebuild)
+            hits = [(pk, score, score, matcher) for pk, score in found]
+        else:
+            zeros = {encoder: np.zeros(DIMENSIONS[encoder], np.float32) for encoder in encoders}
+            vector = fuse([parts.get(encoder, zeros[encoder]) for encoder in encoders])
+            found = self.ctx.index.search(vector, wanted, rebuild=rebuild)
+            hits = [(pk, scale(score * len(encoders)), score * len(encoders), CHATTERBOX) for pk, score in found]
+        if CHATTERBOX in parts and self._fallback_in_use(matcher):
+            found = self.ctx.fallback_index.search(parts[CHATTERBOX], wanted, rebuild=rebuild)
+            hits += [(pk, scale(cosine), cosine, CHATTERBOX) for pk, cosine in found]
+        return sorted((hit for hit in hits if hit[0] != exclude), key=lambda hit: -hit[1])[:k]

@@ -25,7 +25,7 @@ from .errors import AudioError, DuplicateClip, ImportRejected, LibraryError, Voi
 from .faults import crash_point
 from .files import atomic_path, atomic_write_bytes, sha256_file
 from .flavours import FLAVOURS, flavour_named
-from .matchers import CHATTERBOX, MATCHER_KEY, encoders_of, fuse_clips, mean_embedding, normalised
+from .matchers import CHATTERBOX, MATCHER_KEY, encoders_of, mean_embedding, normalised, voice_parts
 from .records import AddResult, Voice
 from .store import EMBEDDING_DIM, MetaRow, VoiceRow
 
@@ -199,11 +199,6 @@ class Portability:
         vectors = unit_rows(path, found.vectors)
         with self.catalog.write("import-embeddings") as change:
             matcher = self.ctx.store.matcher(change.session)  # a library that never chose one takes Chatterbox's
-            if matcher != CHATTERBOX:
-                raise ImportRejected(
-                    f"{path}: this library matches with {matcher}, and voices imported as Chatterbox embeddings "
-                    "only could not be matched; switch first with `voicedb matcher chatterbox`."
-                )
             change.session.merge(MetaRow(key=MATCHER_KEY, value=matcher))
             for label, column, values in (("name", VoiceRow.name, names), ("id", VoiceRow.id, found.ids or ())):
                 if taken := existing_values(change.session, column, values):
@@ -214,18 +209,12 @@ class Portability:
         return len(names)
 
     def _duplicates(self, clips: list[dict[str, Any]], vector: np.ndarray) -> list[str]:
-        """Stored voices an imported voice nearly duplicates, compared in the library's matching space: its
-        clips' matching vectors, else (no clips) its conditionals embedding, which only the Chatterbox matcher
-        can compare; under another matcher such a voice cannot be matched at all, and the user is told."""
+        """Stored voices an imported voice nearly duplicates, scored as ``match`` scores: by its clips'
+        matching vectors, else (no clips) by its conditionals embedding, Chatterbox's evidence."""
         matcher = self.enrollment.matcher.name()
         if clips:
-            return self.enrollment.duplicate_warnings(fuse_clips([c["match"] for c in clips], matcher))
-        if matcher == CHATTERBOX:
-            return self.enrollment.duplicate_warnings(vector)
-        return [
-            f"it holds no audio, so `match` with {matcher} cannot find it "
-            "(`voicedb matcher chatterbox` matches by the conditionals' speaker embedding)"
-        ]
+            return self.enrollment.duplicate_warnings(voice_parts([c["match"] for c in clips], matcher))
+        return self.enrollment.duplicate_warnings({CHATTERBOX: vector})
 
     def _embed_clips(self, clips: list[dict[str, Any]], reembed: bool) -> None:
         """Embed the bundle's own audio, decoding each clip once: for the library's matcher, and with ``reembed``

@@ -33,14 +33,24 @@ class Voice:
 
 @dataclass(frozen=True)
 class Match:
-    """One stored voice near a query clip; ``score`` is the cosine similarity in [-1, 1]."""
+    """One stored voice near a query clip. ``score`` is on the library matcher's scale (a cosine, or for a
+    fused matcher the mean of its encoders' cosines); ``evidence`` names what it was computed from: the
+    matcher, or ``chatterbox`` for a voice the matcher cannot compare (no kept clips), whose ``cosine`` was
+    put on the matcher's scale by the calibration (see ``voicedb.matching``)."""
 
     id: str
     name: str
     score: float
+    evidence: str = ""
+    cosine: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "score": round(self.score, 4)}
+        data: dict[str, Any] = {"id": self.id, "name": self.name, "score": round(self.score, 4)}
+        if self.evidence:
+            data["evidence"] = self.evidence
+        if self.cosine is not None and self.cosine != self.score:
+            data["cosine"] = round(self.cosine, 4)
+        return data
 
 
 @dataclass(frozen=True)

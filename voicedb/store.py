@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -31,14 +32,17 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    exists,
     func,
     inspect,
+    or_,
     select,
     text,
+    true,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 
 from .errors import LibraryError
 from .matchers import CHATTERBOX, DIMENSIONS, LEGACY_MATCHER, MATCHER_KEY, encoders_of, fuse
@@ -317,15 +321,19 @@ class Store:
         row = session.get(MetaRow, MATCHER_KEY)
         return row.value if row else LEGACY_MATCHER
 
-    def encoder_vectors(self, session: Session, encoder: str) -> tuple[np.ndarray, np.ndarray]:
+    def encoder_vectors(
+        self, session: Session, encoder: str, where: ColumnElement[bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(pks int64 (n,), unit vectors float32 (n, d)) of the voices that have a matching vector by ``encoder``;
-        for the Chatterbox encoder, a voice without one is represented by its conditionals embedding."""
+        for the Chatterbox encoder, a voice without one is represented by its conditionals embedding (and
+        ``where`` may narrow the voices)."""
         if encoder == CHATTERBOX:
             query = (
                 select(VoiceRow.pk, func.coalesce(VoiceVectorRow.vector, VoiceRow.embedding))
                 .outerjoin(
                     VoiceVectorRow, (VoiceVectorRow.voice_pk == VoiceRow.pk) & (VoiceVectorRow.encoder == encoder)
                 )
+                .where(true() if where is None else where)
                 .order_by(VoiceRow.pk)
             )
         else:
@@ -349,6 +357,19 @@ class Store:
             pks = np.intersect1d(pks, other, assume_unique=True)
         parts = [vectors[np.searchsorted(own, pks)] for own, vectors in found]
         return pks, fuse(parts).reshape(len(pks), sum(DIMENSIONS[encoder] for encoder in encoders))
+
+    def fallback_vectors(self, session: Session, matcher: str) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``all_vectors`` for the voices ``matcher`` cannot compare (lacking a vector by one of its
+        encoders other than Chatterbox's), by the Chatterbox embedding every voice has."""
+        other = aliased(VoiceVectorRow)  # the query below joins VoiceVectorRow itself
+        lacking = [
+            ~exists().where(other.voice_pk == VoiceRow.pk, other.encoder == encoder)
+            for encoder in encoders_of(matcher)
+            if encoder != CHATTERBOX
+        ]
+        if not lacking:
+            return np.empty(0, np.int64), np.empty((0, DIMENSIONS[CHATTERBOX]), np.float32)
+        return self.encoder_vectors(session, CHATTERBOX, where=or_(*lacking))
 
     def close(self) -> None:
         self.engine.dispose()
