@@ -53,11 +53,15 @@ class Clip:
     speaker: str
     language: str
     condition: str
+    source: str
 
 
 def read_devset(directory: Path) -> list[Clip]:
     with (directory / "clips.csv").open() as handle:
-        return [Clip(row["file"], row["speaker"], row["language"], row["condition"]) for row in csv.DictReader(handle)]
+        return [
+            Clip(row["file"], row["speaker"], row["language"], row["condition"], row["source"])
+            for row in csv.DictReader(handle)
+        ]
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
@@ -296,12 +300,194 @@ def shipped_json(shipped: dict[str, dict]) -> str:
     """The shipped thresholds as JSON a reviewer can read: one line per measured rate."""
     entries = []
     for identity, entry in sorted(shipped.items()):
+        llr = json.dumps(entry["llr"])
+        head = f'  {json.dumps(identity)}: {{\n   "threshold": {entry["threshold"]},\n   "llr": {llr},\n'
+        if "rates" not in entry:
+            entries.append(f'{head}   "measured_on": {json.dumps(entry["measured_on"])}\n  }}')
+            continue
         rows = ",\n".join(f"    {json.dumps(row)}" for row in entry["rates"])
         entries.append(
-            f'  {json.dumps(identity)}: {{\n   "threshold": {entry["threshold"]},\n'
-            f'   "measured_on": {json.dumps(entry["measured_on"])},\n   "rates": [\n{rows}\n   ]\n  }}'
+            f'{head}   "measured_on": {json.dumps(entry["measured_on"])},\n   "rates": [\n{rows}\n   ]\n  }}'
         )
     return "{\n" + ",\n".join(entries) + "\n}\n"
+
+
+# -- out of sample: leave one source out -------------------------------------------------------------
+
+
+def source_of(clip: Clip) -> str:
+    """The recording source a clip comes from: its package family (Asterisk's prompt packages are one source,
+    recorded for one telephone system; the two Fish Fillets dubs are one game; the MFA test recordings one set)."""
+    name = clip.source.split()[0]
+    for family in ("asterisk", "fillets-ng"):
+        if name.startswith(family):
+            return family
+    return name
+
+
+#: encoder -> (enrolled voices' unit vectors, probes' unit vectors), one row per clip.
+Evidence = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def library_scores(evidence: Evidence, enrolled: np.ndarray, probe: int, normalise: bool) -> np.ndarray:
+    """One probe's scores against the voices enrolled from clips ``enrolled``: the mean of the encoders'
+    cosines, or with ``normalise`` of their AS-norm scores, the other enrolled voices being the cohort."""
+    from voicedb.normalisation import as_norm
+
+    per_encoder = []
+    for voices, probes in evidence.values():
+        library = voices[enrolled]
+        scores = library @ probes[probe]
+        if normalise:
+            among = library @ library.T
+            others = ~np.eye(len(enrolled), dtype=bool)
+            cohort_q = np.where(others, scores[None, :], -np.inf)  # row j: the query against all voices but j
+            cohort_v = np.where(others, among, -np.inf)
+            scores = as_norm(scores, finite_stats(cohort_q), finite_stats(cohort_v))
+        per_encoder.append(scores)
+    return np.mean(per_encoder, axis=0)
+
+
+def finite_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``cohort_stats`` of rows padded with -inf where a voice is not its own cohort (one voice per row left out)."""
+    from voicedb.normalisation import TOP, cohort_stats
+
+    width = scores.shape[1] - 1
+    kept = np.sort(scores, axis=1)[:, ::-1][:, :width]
+    return cohort_stats(kept, min(TOP, width))
+
+
+@dataclass
+class Trials:
+    """Open-set identification over one library: enrolled probes (best voice right?, its score), strangers'
+    best scores (their own voice left out), and every (probe, voice) score split into same / different speaker."""
+
+    genuine: list[tuple[bool, float]]
+    strangers: np.ndarray
+    same: np.ndarray
+    different: np.ndarray
+
+
+def open_set_trials(
+    evidence: Evidence, speakers: np.ndarray, library: list[str], probes: np.ndarray, normalise: bool
+) -> Trials:
+    """Every speaker of ``library`` enrolled with its first clip; each clip of ``probes`` (indices) scored: an
+    enrolled speaker's other clips must find their voice, and every probe, with its own voice taken out of
+    the library, is a stranger who must be rejected."""
+    first = np.array([int(np.flatnonzero(speakers == s)[0]) for s in library])
+    owners = np.array(library)
+    genuine, strangers, same, different = [], [], [], []
+    for i in probes:
+        own = owners == speakers[i]
+        if own.any() and i in first:
+            continue  # an enrolment clip is not its own probe
+        if own.any():
+            scores = library_scores(evidence, first, int(i), normalise)
+            best = int(np.argmax(scores))
+            genuine.append((bool(own[best]), float(scores[best])))
+            same.append(float(scores[own][0]))
+            different.extend(scores[~own].tolist())
+        keep = ~own
+        scores = library_scores(evidence, first[keep], int(i), normalise)
+        strangers.append(float(scores.max()))
+    return Trials(genuine, np.array(strangers), np.array(same), np.array(different))
+
+
+def stranger_threshold(strangers: np.ndarray, target: float) -> float:
+    """The lowest threshold (to 0.001) that rejects all but ``target`` of the strangers' best scores."""
+    return float(np.ceil((np.quantile(strangers, 1 - target, method="higher") + 1e-9) * 1000) / 1000)
+
+
+def wilson(successes: int, trials: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    from scipy.stats import binomtest
+
+    if trials == 0:
+        return (0.0, 1.0)
+    interval = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+@dataclass
+class SourceResult:
+    accepted: tuple[int, int]
+    rejected: tuple[int, int]
+
+
+def pair_threshold(evidence: Evidence, speakers: np.ndarray, clips: np.ndarray, target_far: float) -> float:
+    """The shipped rule on the clips ``clips``: the threshold at which ``target_far`` of their different-speaker
+    pairs (an enrolled clip's vector against another clip's probe vector, encoders' cosines averaged) pass."""
+    scores = np.mean([voices[clips] @ probes[clips].T for voices, probes in evidence.values()], axis=0)
+    owners = speakers[clips]
+    different = scores[owners[:, None] != owners[None, :]]
+    return threshold_at_far(different, target_far)
+
+
+def leave_one_source_out(
+    evidence: Evidence, speakers: np.ndarray, sources: np.ndarray, normalise: bool, target: float
+) -> dict[str, SourceResult]:
+    """For each source: the threshold fitted on the other sources alone -- cosines by the shipped rule (``target``
+    of their different-speaker pairs accepted); AS-norm scores, which have no pairs without a library, with
+    the other sources' speakers as the library, all but ``target`` of their strangers rejected -- then the
+    held-out source's clips probed against the library of every speaker with two or more clips (the cohort,
+    when normalising, is that library: the user's own voices)."""
+    multi = sorted(s for s in set(speakers) if (speakers == s).sum() >= 2)
+    results = {}
+    for held_out in sorted(set(sources)):
+        train = np.flatnonzero(sources != held_out)
+        if normalise:
+            train_library = [s for s in multi if s in set(speakers[train])]
+            fitted = open_set_trials(evidence, speakers, train_library, train, normalise)
+            threshold = stranger_threshold(fitted.strangers, target)
+        else:
+            threshold = pair_threshold(evidence, speakers, train, target)
+        tested = open_set_trials(evidence, speakers, multi, np.flatnonzero(sources == held_out), normalise)
+        accepted = sum(right and score >= threshold for right, score in tested.genuine)
+        rejected = int((tested.strangers < threshold).sum())
+        results[held_out] = SourceResult((accepted, len(tested.genuine)), (rejected, len(tested.strangers)))
+    return results
+
+
+def with_interval(pair: tuple[int, int]) -> str:
+    low, high = wilson(*pair)
+    return f"{pair[0]}/{pair[1]} ({pair[0] / max(pair[1], 1):.1%}, {low:.0%}–{high:.0%})"
+
+
+def print_loso(rows: dict[str, dict[str, SourceResult]], target_far: float, target_reject: float) -> None:
+    sources = sorted(next(iter(rows.values())))
+    print(
+        f"\nleave one source out ({len(sources)} sources; threshold fitted on the others: cosines at "
+        f"{target_far:.1%} of different-speaker pairs accepted, AS-norm rejecting all but {target_reject:.1%} "
+        "of their strangers):"
+    )
+    print("| matcher, scores | enrolled accepted, right name (95% CI) | strangers rejected (95% CI) | per source |")
+    print("|---|---|---|---|")
+    for name, results in rows.items():
+        accepted = tuple(map(sum, zip(*(r.accepted for r in results.values()))))
+        rejected = tuple(map(sum, zip(*(r.rejected for r in results.values()))))
+        per = "; ".join(
+            f"{s} {r.accepted[0]}/{r.accepted[1]}, {r.rejected[0]}/{r.rejected[1]}" for s, r in results.items()
+        )
+        print(f"| {name} | {with_interval(accepted)} | {with_interval(rejected)} | {per} |")
+
+
+def fit_llr(same: np.ndarray, different: np.ndarray) -> list[float]:
+    """[a, b] of ``llr = a * score + b``: logistic regression of same-speaker odds on the score, both classes
+    weighted equally (so ``b`` carries no prior), as fusion toolkits calibrate scores."""
+    from scipy.optimize import minimize
+
+    scores = np.concatenate([same, different])
+    sign = np.concatenate([np.ones(len(same)), -np.ones(len(different))])
+    weight = np.concatenate([np.full(len(same), 0.5 / len(same)), np.full(len(different), 0.5 / len(different))])
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        margin = sign * (params[0] * scores + params[1])
+        value = float(np.sum(weight * np.logaddexp(0.0, -margin)))
+        slope = -weight * sign / (1.0 + np.exp(margin))
+        return value, np.array([np.sum(slope * scores), np.sum(slope)])
+
+    found = minimize(loss, np.array([10.0, -5.0]), jac=True, method="BFGS")
+    return [round(float(found.x[0]), 4), round(float(found.x[1]), 4)]
 
 
 def main() -> None:
@@ -312,6 +498,12 @@ def main() -> None:
         "--target-far", type=float, default=0.001, help="share of different-speaker pairs the threshold accepts"
     )
     parser.add_argument("--also-far", type=float, nargs="*", default=(), help="other shares to print tables for")
+    parser.add_argument(
+        "--target-reject",
+        type=float,
+        default=0.01,
+        help="share of strangers an AS-norm threshold may accept (leave one source out)",
+    )
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "eval_matching.png")
     parser.add_argument("--write-shipped", action="store_true", help=f"record the chosen thresholds in {SHIPPED.name}")
     args = parser.parse_args()
@@ -320,6 +512,7 @@ def main() -> None:
     from voicedb.campplus import CAMPPLUS_FILE, load_campplus
     from voicedb.files import sha256_file
     from voicedb.matchers import CAMPPLUS, CHATTERBOX, fuse
+    from voicedb.matching import CONDITIONALS_EVIDENCE
     from voicedb.speakers import speech_only
     from voicedb.voice_encoder import VoiceEncoder, load_state
 
@@ -363,20 +556,39 @@ def main() -> None:
         f"{CHATTERBOX}+{CAMPPLUS}": "chatterbox+campplus, speech only (voicedb)",
     }
     by_name = {r.name: r for r in results}
+    speech = {CHATTERBOX: choices[matchers[CHATTERBOX]], CAMPPLUS: choices[matchers[CAMPPLUS]]}
+    conditionals = choices["chatterbox, whole clip (the conditionals embedding)"]
+    evidences: dict[str, Evidence] = {
+        matcher: {encoder: (speech[encoder], speech[encoder]) for encoder in matcher.split("+")} for matcher in matchers
+    }
+    # a voice without clips (a .pt) holds the conditionals embedding; the query is embedded from its speech
+    evidences[CONDITIONALS_EVIDENCE] = {CHATTERBOX: (conditionals, speech[CHATTERBOX])}
+    sources = np.array([source_of(clip) for clip in clips])
+    loso = {}
+    for name, evidence in evidences.items():
+        for normalise in (False, True):
+            label = f"{name}, {'AS-norm, the library as cohort' if normalise else 'cosine'}"
+            target = args.target_reject if normalise else args.target_far
+            loso[label] = leave_one_source_out(evidence, speakers, sources, normalise, target)
+    print_loso(loso, args.target_far, args.target_reject)
+
+    multi = sorted(s for s in set(speakers) if (speakers == s).sum() >= 2)
+    measured_on = f"tests/devset, {len(set(speakers))} speakers, {len(clips)} clips, {dt.date.today()}"
     shipped = {}
-    print("\nshipped thresholds (chosen on the whole set):")
-    for matcher, name in matchers.items():
-        r = by_name[name]
-        identity = ":".join([matcher, *(sums[e] for e in matcher.split("+"))])
-        shipped[identity] = {
-            "threshold": r.far_threshold,
-            "rates": rates(r.genuine, r.impostor),
-            "measured_on": f"tests/devset, {len(set(speakers))} speakers, {len(clips)} clips, {dt.date.today()}",
-        }
-        print(f"  {identity}: {r.far_threshold:.2f}")
+    print("\nshipped (fitted on the whole set: threshold, llr = a * score + b):")
+    for name, evidence in evidences.items():
+        encoders = (CHATTERBOX,) if name == CONDITIONALS_EVIDENCE else tuple(name.split("+"))
+        identity = ":".join([name, *(sums[e] for e in encoders)])
+        trials = open_set_trials(evidence, speakers, multi, np.arange(len(clips)), normalise=False)
+        threshold = pair_threshold(evidence, speakers, np.arange(len(clips)), args.target_far)
+        entry = {"threshold": threshold, "llr": fit_llr(trials.same, trials.different), "measured_on": measured_on}
+        if name in matchers:
+            r = by_name[matchers[name]]
+            entry["rates"] = rates(r.genuine, r.impostor)
+        shipped[identity] = entry
+        print(f"  {identity}: {entry['threshold']:.2f}, llr {entry['llr']}")
     if args.write_shipped:
-        current = json.loads(SHIPPED.read_text()) if SHIPPED.exists() else {}
-        SHIPPED.write_text(shipped_json({**current, **shipped}))
+        SHIPPED.write_text(shipped_json(shipped))
         print(f"written: {SHIPPED}")
     fused = by_name[matchers[f"{CHATTERBOX}+{CAMPPLUS}"]]
     plot(results, fused, fused.far_threshold, args.plot)
