@@ -13,6 +13,7 @@ LAYERS = [
     {"config", "matchers"},
     {"flavours", "audio", "speech", "bundle", "store", "locks", "weights"},
     {"voice_encoder", "campplus"},
+    {"weight_sources"},
     {"index", "engine", "embeddings"},
     {"speakers"},
     {"context"},

@@ -207,3 +207,26 @@ def test_a_clip_of_another_speaker_in_a_voice_is_flagged_as_match_would_score_it
     mixed = run("add", str(other[0]), "--voice", "pure", "--no-conditionals")
     assert mixed.exit_code == 0 and f"warning: {other[0].name}: scores only" in mixed.stderr
     assert flagged in mixed.stderr
+
+
+def test_similar_lists_a_voices_likely_duplicates_on_matchs_scale_with_verdicts(
+    home: Path, multi_clip_speakers, tmp_path: Path
+):
+    (speaker, clips), (other, other_clips), (third, third_clips) = list(multi_clip_speakers.items())[:3]
+    voice = enroll(clips[:1], speaker)
+    enroll(clips[1:2], f"{speaker} again")
+    enroll(other_clips[:1], other)
+    enroll(third_clips[:1], third)
+    result = run("similar", speaker, "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["voice"] == {"id": voice, "name": speaker} and len(answer["similar"]) == 2
+    assert answer["similar"][0]["name"] == f"{speaker} again" and answer["similar"][0]["evidence"] == FUSED
+    assert speaker not in [m["name"] for m in answer["similar"]]
+    scores = [m["score"] for m in answer["similar"]]
+    assert scores == sorted(scores, reverse=True)
+    again = best(clips[1])["matches"]  # what `match` says of the same comparison
+    assert again[0]["name"] == f"{speaker} again"
+    plain = run("similar", voice[:6]).stdout.splitlines()
+    assert len(plain) == 3 and f"{speaker} again" in plain[0] and plain[0].split()[-1] in ("speaker", "threshold")
+    assert "no voice with id or name 'nobody'" in run_fails("similar", "nobody")

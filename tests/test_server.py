@@ -301,7 +301,8 @@ def test_upload_list_match_rename_export_import_and_delete_a_voice(
 
         matched = http.post("/v1/match", files={"file": (query.name, query.read_bytes())}, data={"k": "2"}).json()
         assert matched["matches"][0]["id"] == voice["id"] and matched["matched"] is True
-        assert len(matched["nearest"]) == 2 and set(matched["matches"][0]) == {"id", "name", "score", "verdict"}
+        assert len(matched["nearest"]) == 2
+        assert set(matched["matches"][0]) == {"id", "name", "score", "evidence", "verdict"}
         shipped = library.threshold()
         assert (matched["threshold"], matched["threshold_source"]) == (shipped.value, shipped.source)
         assert matched["matcher"] == "chatterbox+campplus"
@@ -324,6 +325,11 @@ def test_upload_list_match_rename_export_import_and_delete_a_voice(
         )
         assert imported.status_code == 201, imported.text
         assert imported.json()["name"] == "carol-copy"
+        similar = http.get("/v1/voices/caroline/similar", params={"k": 2}).json()  # the .pt holds no clip
+        assert similar["voice"]["id"] == voice["id"] and similar["matcher"] == "chatterbox+campplus"
+        assert similar["similar"][0]["name"] == "carol-copy" and similar["similar"][0]["evidence"] == "chatterbox"
+        assert similar["similar"][0]["verdict"] in ("same speaker", "probably the same speaker")
+        assert http.get("/v1/voices/nobody/similar").status_code == 404
 
         for ref in (voice["id"], "carol-copy"):
             deleted = http.delete(f"/v1/voices/{ref}")

@@ -260,6 +260,8 @@ class BulkEnrollment:
         )
         total = len(voices) if hasattr(voices, "__len__") else 0
         result = BulkResult()
+        if notice := self.matcher.fallback_notice():
+            result.warnings.append(notice)
         ready: list[Analysed] = []
         last_write = time.monotonic()
         workers = workers or os.cpu_count() or 1

@@ -361,6 +361,37 @@ def match(
         click.echo(f"wrote {result.output} ({result.seconds:.1f} s, voice {result.voice.name})", err=as_json)
 
 
+@cli.command()
+@click.argument("voice")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 100), help="How many voices to list.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {voice, similar: [{id, name, score, evidence, verdict}], threshold}."
+)
+@click.pass_context
+def similar(ctx: click.Context, voice: str, k: int, as_json: bool) -> None:
+    """List the stored voices that sound most like VOICE (id, name or id prefix), best first.
+
+    Scores and verdicts are those `match` would give a clip of VOICE, so a voice at "same speaker" is
+    most likely a duplicate that will confuse `match`: merge its clips (`voicedb add CLIP --voice ID`) or
+    remove it (`voicedb rm`). Voices without clips (imported .pt files, embeddings) are compared by their
+    Chatterbox embedding, on the same calibrated scale.
+    """
+    from .calibration import verdict
+
+    db = library(ctx)
+    target = db.get(voice)
+    applied = db.threshold()
+    found = db.similar(target.id, k=k)
+    if as_json:
+        listed = [{**m.to_dict(), "verdict": verdict(m.score, applied.value, applied.rates)} for m in found]
+        emit_json({"voice": {"id": target.id, "name": target.name}, "similar": listed, **applied.to_dict()})
+        return
+    if not found:
+        click.echo(f"{target.name} is the only voice in the library", err=True)
+    for m in found:
+        click.echo(f"{m.score:6.3f}  {m.id}  {m.name}  {verdict(m.score, applied.value, applied.rates)}")
+
+
 def enroll_hint(voice_id: str) -> str:
     """What makes a match near the threshold surer: more reference audio of the speaker."""
     return f"enroll more and longer clips of the speaker (`voicedb add CLIP --voice {voice_id}`) for surer matches."

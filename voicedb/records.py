@@ -171,3 +171,40 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One weights file this machine would use: where from, its path (None: not on this machine) and SHA-256."""
+
+    name: str
+    source: str
+    path: Path | None
+    sha256: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """What ``voicedb weights`` prints: the speaker encoders' weights and the matchers they make."""
+
+    voice_encoder: WeightsFile
+    campplus: WeightsFile
+    #: What a new library would match with, and what this library matches with.
+    new_library_matcher: str
+    library_matcher: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "voice_encoder": self.voice_encoder.to_dict(),
+            "campplus": self.campplus.to_dict(),
+            "new_library_matcher": self.new_library_matcher,
+            "library_matcher": self.library_matcher,
+        }

@@ -32,7 +32,7 @@ from ..calibration import verdict
 from ..errors import NoMatch, VoiceNotFound
 from ..flavours import FLAVOURS, SynthesisSettings
 from ..library import VoiceDB
-from ..records import Match, Threshold
+from ..records import Match, Threshold, Voice
 from . import errors
 from .encoding import FORMATS, SAMPLE_RATE, StreamEncoder, change_speed
 from .jobs import JobTimeout, WorkQueue
@@ -266,6 +266,19 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     def delete_voice(ref: str) -> dict[str, Any]:
         (removed,) = db.remove(ref)
         return {"id": removed.id, "name": removed.name, "deleted": True}
+
+    @app.get("/v1/voices/{ref}/similar", tags=["matching"], dependencies=authorised)
+    async def similar_voices(ref: str, k: Annotated[int, Query(ge=1, le=100)] = 5) -> dict[str, Any]:
+        """The ``k`` other voices most like voice ``ref``, as ``voicedb similar --json``: scored and worded as
+        ``/v1/match`` would a clip of it, so "same speaker" marks a likely duplicate."""
+
+        def nearest() -> tuple[Voice, list[Match], Threshold]:
+            voice = db.get(ref)
+            return voice, db.similar(voice.id, k=k), db.threshold()
+
+        voice, found, applied = await uploads.run(nearest)
+        listed = [{**m.to_dict(), "verdict": verdict(m.score, applied.value, applied.rates)} for m in found]
+        return {"voice": {"id": voice.id, "name": voice.name}, "similar": listed, **applied.to_dict()}
 
     @app.get("/v1/voices/{ref}/export", tags=["voices"], dependencies=authorised)
     def export_voice(
