@@ -505,6 +505,7 @@ def test_voicedb_serve_preloads_and_finishes_requests_in_flight_on_sigterm(
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
+        assert httpx.get(f"{url}/ready", timeout=10).json()["matcher"] == library.matcher()
         body = {"model": "tts-1", "voice": library.list()[0].id, "input": THREE_CHUNKS, "response_format": "wav"}
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, f"{url}/v1/audio/speech", json=body, timeout=120)

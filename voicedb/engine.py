@@ -348,12 +348,12 @@ class Engine:
 
             directory = self.checkpoint.directory
             if directory is not None and (directory / CAMPPLUS_FILE).is_file():
-                return directory / CAMPPLUS_FILE, "the checkpoint directory"
+                return directory / CAMPPLUS_FILE, f"checkpoint directory {directory}"
             fetched = fetched_campplus()
             if fetched is not None and sha256_file(fetched) == CAMPPLUS_SHA256:
-                return fetched, "fetched by `voicedb weights fetch`"
+                return fetched, f"{fetched.parent} (`voicedb weights fetch`)"
             hub = hub_path()
-            return (hub, "the Hugging Face hub") if hub is not None else None
+            return (hub, "Hugging Face hub") if hub is not None else None
 
         return self._cached("campplus_source", find)
 

@@ -62,6 +62,10 @@ class CheckpointError(VoiceDBError):
     """Model weights are missing, corrupt or of the wrong kind."""
 
 
+class ForeignWeights(CheckpointError):
+    """A source served other weights than the official file: nothing is kept, and no other source is tried."""
+
+
 class LibraryError(VoiceDBError):
     """The library directory cannot be used: not writable, corrupt, or from a newer voicedb."""
 

@@ -127,7 +127,7 @@ class Matcher:
         if ve_path is not None:
             voice_encoder = WeightsFile(ve_path.name, ve_source, ve_path, engine.encoder_checksum)
         found = engine.campplus_source()
-        campplus = WeightsFile(CAMPPLUS_FILE, "missing: `voicedb weights fetch`", None, None)
+        campplus = WeightsFile(CAMPPLUS_FILE, "no source on this machine", None, None)
         if found is not None:
             campplus = WeightsFile(CAMPPLUS_FILE, found[1], found[0], engine.campplus_checksum)
         return WeightsReport(voice_encoder, campplus, self.encoders.recommended_matcher(), self.name())

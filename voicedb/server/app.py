@@ -136,11 +136,13 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/ready", tags=["service"])
     def ready(response: Response) -> dict[str, Any]:
-        """Readiness: 200 once the speech model is loaded, 503 before."""
+        """Readiness: 200 once the speech model is loaded, 503 before; ``matcher``: the speaker encoder(s)
+        ``/v1/match`` compares with."""
+        matcher = db.matcher()  # what /v1/match compares with (chatterbox alone where CAM++'s weights are missing)
         if not db.engine.ready_for(FLAVOURS[settings.model]):
             response.status_code = 503
-            return {"status": "loading", "model": settings.model}
-        return {"status": "ready", "model": settings.model}
+            return {"status": "loading", "model": settings.model, "matcher": matcher}
+        return {"status": "ready", "model": settings.model, "matcher": matcher}
 
     # -- OpenAI speech ---------------------------------------------------------------------------
     async def speech(request: SpeechRequest) -> StreamingResponse:
