@@ -135,3 +135,12 @@ def test_a_library_that_falls_back_to_chatterbox_says_so_once_with_the_fix(
     assert again.exit_code == 0 and MISSING_CAMPPLUS not in again.stderr
     shown = run("matcher")
     assert shown.stdout.strip() == "chatterbox" and shown.stderr.count(MISSING_CAMPPLUS) == 1
+
+
+def test_weights_names_the_checkpoint_directorys_files_and_their_checksums(home: Path, checkpoint: Path):
+    found = report()
+    assert found["voice_encoder"]["source"] == found["campplus"]["source"] == f"checkpoint directory {checkpoint}"
+    assert found["campplus"] == {**found["campplus"], "path": str(checkpoint / CAMPPLUS_FILE), "sha256": SHA256}
+    assert found["new_library_matcher"] == "chatterbox+campplus"
+    shown = run("weights").stdout
+    assert f"sha256 {SHA256}" in shown and "new library:   matches with chatterbox+campplus" in shown
