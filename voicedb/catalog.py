@@ -384,7 +384,7 @@ class Catalog:
             if change.rebuild_index:
                 rebuild_quietly(ctx)
             elif change.generation is not None:
-                for index in ctx.indexes:
+                for index in (index for index in ctx.indexes if index.space.used(matcher)):
                     vectors = [(row.pk, space_vector(row, matcher, index.space)) for row in change.reindexed]
                     index.apply(
                         change.generation,

@@ -277,8 +277,10 @@ class VoiceIndex:
         return index
 
     def _save_if_possible(self, index: Any, generation: int, matcher: str) -> None:
-        """Persist a rebuilt index when no writer is busy; readers must not fail on a read-only library."""
-        if not self.files.writable():
+        """Persist a rebuilt index when no writer is busy; readers must not fail on a read-only library. An empty
+        fallback index is not worth a file: a reader never adds one to a library (a refused change leaves
+        the directory as it was)."""
+        if not self.files.writable() or (self.space.fallback and index.ntotal == 0):
             return
         with self.writer.try_held() as free:
             if free:
