@@ -300,8 +300,8 @@ def shipped_json(shipped: dict[str, dict]) -> str:
     """The shipped thresholds as JSON a reviewer can read: one line per measured rate."""
     entries = []
     for identity, entry in sorted(shipped.items()):
-        llr = json.dumps(entry["llr"])
-        head = f'  {json.dumps(identity)}: {{\n   "threshold": {entry["threshold"]},\n   "llr": {llr},\n'
+        llr = f'   "llr": {json.dumps(entry["llr"])},\n' if "llr" in entry else ""  # entries measured before llr
+        head = f'  {json.dumps(identity)}: {{\n   "threshold": {entry["threshold"]},\n{llr}'
         if "rates" not in entry:
             entries.append(f'{head}   "measured_on": {json.dumps(entry["measured_on"])}\n  }}')
             continue
@@ -622,8 +622,9 @@ def main() -> None:
             entry["rates"] = rates(r.genuine, r.impostor)
         shipped[identity] = entry
         print(f"  {identity}: {entry['threshold']:.2f}, llr {entry['llr']}")
-    if args.write_shipped:
-        SHIPPED.write_text(shipped_json(shipped))
+    if args.write_shipped:  # entries for other weights (another checkpoint's) stay
+        current = json.loads(SHIPPED.read_text()) if SHIPPED.exists() else {}
+        SHIPPED.write_text(shipped_json({**current, **shipped}))
         print(f"written: {SHIPPED}")
     fused = by_name[matchers[f"{CHATTERBOX}+{CAMPPLUS}"]]
     plot(results, fused, fused.far_threshold, args.plot)
