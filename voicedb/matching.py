@@ -248,7 +248,10 @@ class Matcher:
         encoders = encoders_of(matcher)
         if CHATTERBOX not in parts and not set(encoders) <= set(parts):
             raise VoiceDBError(f"a query for {matcher} needs a vector by {' and '.join(encoders)}.")
-        if set(encoders) <= set(parts):
+        complete = set(encoders) <= set(parts)
+        fallback = CHATTERBOX in parts and self._fallback_in_use(matcher)
+        scale = self.scale() if fallback or not complete else None
+        if complete:
             vector = fuse([parts[encoder] for encoder in encoders])
             found = self.ctx.index.search(vector, wanted, rebuild=rebuild)
             hits = [(pk, score, score, matcher) for pk, score in found]
@@ -256,10 +259,8 @@ class Matcher:
             zeros = {encoder: np.zeros(DIMENSIONS[encoder], np.float32) for encoder in encoders}
             vector = fuse([parts.get(encoder, zeros[encoder]) for encoder in encoders])
             found = self.ctx.index.search(vector, wanted, rebuild=rebuild)
-            scale = self.scale()
             hits = [(pk, scale(score * len(encoders)), score * len(encoders), CHATTERBOX) for pk, score in found]
-        if CHATTERBOX in parts and self._fallback_in_use(matcher):
+        if fallback:
             found = self.ctx.fallback_index.search(parts[CHATTERBOX], wanted, rebuild=rebuild)
-            scale = self.scale()
             hits += [(pk, scale(cosine), cosine, CHATTERBOX) for pk, cosine in found]
         return sorted((hit for hit in hits if hit[0] != exclude), key=lambda hit: -hit[1])[:k]
