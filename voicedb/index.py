@@ -46,7 +46,6 @@ class Space:
     voices the matcher cannot compare (``FALLBACK``; always empty for the ``chatterbox`` matcher, which
     compares every voice)."""
 
-    name: str
     #: The index files are ``<stem>.faiss`` and ``<stem>.json``.
     stem: str
 
@@ -71,8 +70,8 @@ class Space:
         return store.all_vectors(session, matcher)
 
 
-PRIMARY = Space("matcher", "index")
-FALLBACK = Space("fallback", "index-chatterbox")
+PRIMARY = Space("index")
+FALLBACK = Space("index-chatterbox")
 
 FLAT = "flat"
 IVF = "ivf"

@@ -24,6 +24,7 @@ from .campplus import CAMPPLUS_FILE
 from .catalog import Catalog, matcher_vector, stored_vectors
 from .context import LibraryContext
 from .errors import LibraryError, NoMatch, VoiceDBError
+from .flavours import DEFAULT_FLAVOUR, FLAVOURS
 from .index import FALLBACK
 from .matchers import (
     CAMPPLUS,
@@ -60,12 +61,11 @@ def check_threshold(threshold: float | None) -> None:
 
 @dataclass(frozen=True)
 class Scale:
-    """How a fallback score becomes a matcher score: ``slope * cosine + offset`` (the matcher score whose
-    log-likelihood ratio is the fallback score's), and whether it was measured or only assumed."""
+    """How a fallback score becomes a matcher score: ``slope * cosine + offset``, the matcher score whose
+    log-likelihood ratio is the fallback score's."""
 
     slope: float
     offset: float
-    measured: bool
 
     def __call__(self, cosine: float) -> float:
         return self.slope * cosine + self.offset
@@ -77,9 +77,9 @@ def fallback_scale(matcher_identity: str, fallback_identity: str) -> Scale:
     primary = config.SHIPPED_THRESHOLDS.get(matcher_identity, {}).get("llr")
     fallback = config.SHIPPED_THRESHOLDS.get(fallback_identity, {}).get("llr")
     if primary is None or fallback is None:
-        return Scale(1.0, 0.0, False)
+        return Scale(1.0, 0.0)
     (a_p, b_p), (a_f, b_f) = primary, fallback
-    return Scale(a_f / a_p, (b_f - b_p) / a_p, True)
+    return Scale(a_f / a_p, (b_f - b_p) / a_p)
 
 
 class Matcher:
@@ -123,12 +123,14 @@ class Matcher:
         """Which speaker-encoder weights this machine uses, from where, their checksums, and the matchers."""
         engine = self.ctx.engine
         ve_path, ve_source = engine.voice_encoder_location()
-        voice_encoder = WeightsFile(ve_path.name if ve_path else "ve.safetensors", ve_source, ve_path, None)
-        if ve_path is not None:
+        if ve_path is None:
+            voice_encoder = WeightsFile(FLAVOURS[DEFAULT_FLAVOUR].ve_file, ve_source, None, None)
+        else:
             voice_encoder = WeightsFile(ve_path.name, ve_source, ve_path, engine.encoder_checksum)
         found = engine.campplus_source()
-        campplus = WeightsFile(CAMPPLUS_FILE, "no source on this machine", None, None)
-        if found is not None:
+        if found is None:
+            campplus = WeightsFile(CAMPPLUS_FILE, "no source on this machine", None, None)
+        else:
             campplus = WeightsFile(CAMPPLUS_FILE, found[1], found[0], engine.campplus_checksum)
         return WeightsReport(voice_encoder, campplus, self.encoders.recommended_matcher(), self.name())
 
@@ -184,11 +186,6 @@ class Matcher:
         if CHATTERBOX not in encoders and self._fallback_in_use(matcher):
             encoders = (*encoders, CHATTERBOX)
         return {encoder: vector for encoder, (_, vector) in self.encoders.embed(load_query(audio), encoders).items()}
-
-    def query_vector(self, audio: AudioInput) -> np.ndarray:
-        """The clip's vector in the library's matching space (see ``matchers``)."""
-        parts = self.query_parts(audio)
-        return fuse([parts[encoder] for encoder in encoders_of(self.name())])
 
     def match(self, audio: AudioInput, k: int = 5, threshold: float | None = config.DEFAULT_THRESHOLD) -> list[Match]:
         """The ``k`` stored voices nearest to the speaker in ``audio``, best first.
