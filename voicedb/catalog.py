@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer, selectinload
 
 from .audio import LoadedClip
-from .context import CLIPS_DIR, LibraryContext
+from .context import LibraryContext
 from .errors import (
     AmbiguousVoice,
     DuplicateClip,
@@ -38,10 +38,10 @@ from .errors import (
     VoiceNotFound,
 )
 from .faults import crash_point
-from .files import atomic_path
 from .flavours import languages
 from .index import Space
 from .matchers import CHATTERBOX, CHECKSUM_KEYS, ClipVectors, encoders_of, fuse, mean_embedding
+from .objects import CLIPS_DIR, Objects
 from .records import Voice
 from .store import ClipRow, ClipVectorRow, MetaRow, VoiceRow, VoiceVectorRow, utcnow
 
@@ -133,25 +133,21 @@ class Change:
     must follow the commit."""
 
     session: Session
-    home: Path
+    objects: Objects
     reindexed: list[VoiceRow] = field(default_factory=list)
     unindexed: list[int] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
-    written: list[Path] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
     generation: int | None = None
     rebuild_index: bool = False
 
     def put_file(self, relative: str, write: Callable[[Path], None]) -> None:
-        """Write a library file atomically: ``write(temp_path)``, fsync, rename to ``relative``.
+        """Store a library file whole (``write(temp_path)`` writes it), before the commit that refers to it.
 
         A file the change creates is removed again if the change fails before its commit.
         """
-        target = self.home / relative
-        existed = target.exists()
-        with atomic_path(target) as temp:
-            write(temp)
-        if not existed:
-            self.written.append(target)
+        if self.objects.put(relative, write):
+            self.written.append(relative)
 
     def reindex(self, row: VoiceRow) -> None:
         """The voice's vector is new or changed: index it after the commit."""
@@ -243,7 +239,7 @@ class Change:
     def keep_clip(self, row: VoiceRow, clip: KeptClip, write: Callable[[Path], None]) -> None:
         """Keep a clip's audio under its content hash (``write(temp_path)`` writes it) and add its row."""
         relative = f"{CLIPS_DIR}/{clip.sha256}{clip.suffix}"
-        if not (self.home / relative).exists():
+        if not self.objects.exists(relative):
             self.put_file(relative, write)
         row.clips.append(
             ClipRow(
@@ -355,7 +351,7 @@ class Catalog:
             change: Change | None = None
             try:
                 with ctx.store.session() as session:
-                    change = Change(session, ctx.home)
+                    change = Change(session, ctx.objects)
                     yield change
                     session.flush()
                     weights = {}
@@ -364,13 +360,17 @@ class Catalog:
                     for encoder, checksum in weights.items():  # the library records what its vectors come from
                         session.merge(MetaRow(key=CHECKSUM_KEYS[encoder], value=checksum))
                     if change.reindexed or change.unindexed or change.rebuild_index:
-                        change.generation = ctx.store.bump_generation(session)
+                        changed = (
+                            None if change.rebuild_index else [*change.unindexed, *(r.pk for r in change.reindexed)]
+                        )
+                        change.generation = ctx.store.bump_generation(session, changed)
                     matcher = ctx.store.matcher(session)
                     session.flush()
                     crash_point(f"{phase}:before-commit")
             except BaseException as exc:
-                for path in change.written if change else ():
-                    path.unlink(missing_ok=True)
+                for relative in change.written if change else ():
+                    with suppress(VoiceDBError, OSError):  # what cannot be removed is an orphan for `check`
+                        ctx.objects.delete(relative)
                 if isinstance(exc, IntegrityError):
                     raise LibraryError(
                         "another change to the same voice got there first; nothing was changed."
@@ -378,8 +378,8 @@ class Catalog:
                 raise
             crash_point(f"{phase}:committed")
             for relative in change.dropped:
-                with suppress(OSError):  # a file left behind is an orphan, which `check --repair` removes
-                    ctx.path(relative).unlink(missing_ok=True)
+                with suppress(VoiceDBError, OSError):  # a file left behind is an orphan for `check --repair`
+                    ctx.objects.delete(relative)
                 crash_point(f"{phase}:file-deleted")
             if change.rebuild_index:
                 rebuild_quietly(ctx)

@@ -10,17 +10,15 @@ through the same write protocol as every other change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .catalog import Catalog
 from .conditionals import ConditionalsStore, speaker_matches
-from .context import CLIPS_DIR, CONDS_DIR, LibraryContext
+from .context import LibraryContext
 from .enroll import Enrollment
 from .errors import VoiceDBError
-from .files import leftover_temp_files, sha256_file
 from .index import VoiceIndex, misfit
 from .matchers import mean_embedding
 from .records import Problem
@@ -70,41 +68,35 @@ class Checker:
             return self.catalog.rows(session)
 
     def _orphans(self) -> None:
-        home = self.ctx.home
         if self.repair:  # no writer may be between writing its files and committing them
             with self.ctx.writer.held():
-                self._find_orphans(home)
+                self._find_orphans()
         else:
-            self._find_orphans(home)
+            self._find_orphans()
 
-    def _find_orphans(self, home: Path) -> None:
-        referenced = {Path(c.file) for v in self._voices() for c in [*v.clips, *v.conditionals]}
-        temps = leftover_temp_files(home)
+    def _find_orphans(self) -> None:
+        """Files in the library's storage (its directory, or object storage) that no row refers to."""
+        objects = self.ctx.objects
+        referenced = {c.file for v in self._voices() for c in [*v.clips, *v.conditionals]}
+        temps = objects.leftovers()
         for temp in temps:
             if self.repair:
-                temp.unlink(missing_ok=True)
-            self._report("temp-file", f"unfinished write left behind: {temp.relative_to(home)}", self.repair)
-        for folder in (CLIPS_DIR, CONDS_DIR):
-            directory = home / folder
-            if not directory.is_dir():
+                objects.delete(temp)
+            self._report("temp-file", f"unfinished write left behind: {temp}", self.repair)
+        for relative in objects.names():
+            if relative in referenced or relative in temps:
                 continue
-            for path in sorted(directory.iterdir()):
-                relative = path.relative_to(home)
-                if relative in referenced or path in temps or not path.exists():
-                    continue
-                if self.repair:
-                    path.unlink()
-                self._report(
-                    "orphan-file", f"{relative} belongs to no voice (left by an interrupted write)", self.repair
-                )
+            if self.repair:
+                objects.delete(relative)
+            self._report("orphan-file", f"{relative} belongs to no voice (left by an interrupted write)", self.repair)
 
     def _clip_files(self) -> None:
         for voice in self._voices():
             for clip in voice.clips:
-                path = self.ctx.path(clip.file)
-                if not path.exists():
+                found = self.ctx.objects.sha256(clip.file)
+                if found is None:
                     self._report("missing-clip", f"voice {voice.id} ({voice.name}): kept clip {clip.file} is missing")
-                elif sha256_file(path) != clip.sha256:
+                elif found != clip.sha256:
                     self._report(
                         "corrupt-clip",
                         f"voice {voice.id} ({voice.name}): kept clip {clip.file} does not match its checksum",
@@ -113,9 +105,9 @@ class Checker:
     def _conditionals(self) -> None:
         for voice in self._voices():
             for saved in voice.conditionals:
-                path = self.ctx.path(saved.file)
-                if not path.exists() or sha256_file(path) != saved.sha256:
-                    what = "missing" if not path.exists() else "corrupt"
+                found = self.ctx.objects.sha256(saved.file)
+                if found != saved.sha256:
+                    what = "missing" if found is None else "corrupt"
                     message = f"voice {voice.id} ({voice.name}): {saved.flavour} conditionals {saved.file} are {what}"
                 elif not speaker_matches(self.conditionals.read(saved), voice.vector):
                     message = (

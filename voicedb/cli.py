@@ -40,7 +40,8 @@ def library(ctx: click.Context):
     from .library import VoiceDB
 
     if "db" not in ctx.obj:
-        ctx.obj["db"] = ctx.with_resource(VoiceDB(ctx.obj["home"], checkpoint=ctx.obj["checkpoint"]))
+        options = {key: ctx.obj[key] for key in ("checkpoint", "database_url", "storage_url")}
+        ctx.obj["db"] = ctx.with_resource(VoiceDB(ctx.obj["home"], **options))
     return ctx.obj["db"]
 
 
@@ -110,9 +111,25 @@ MAX_TOKENS_OPTION = click.option(
     default=None,
     help=f"Local Chatterbox checkpoint directory (default: ${config.CHECKPOINT_ENV}, else the Hugging Face hub).",
 )
+@click.option(
+    "--database-url",
+    metavar="URL",
+    default=None,
+    help=f"Shared database, e.g. postgresql+psycopg://user@host/voicedb (default: ${config.DATABASE_URL_ENV}, "
+    "else voicedb.sqlite in the library directory).",
+)
+@click.option(
+    "--storage-url",
+    metavar="URL",
+    default=None,
+    help=f"Where clips and conditionals live: a directory or an fsspec URL such as s3://bucket/prefix "
+    f"(default: ${config.STORAGE_URL_ENV}, else the library directory).",
+)
 @click.version_option(package_name="voicedb")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, checkpoint: Path | None) -> None:
+def cli(
+    ctx: click.Context, home: Path | None, checkpoint: Path | None, database_url: str | None, storage_url: str | None
+) -> None:
     """A voice library for Chatterbox TTS.
 
     Enroll a voice once from reference clips, find which stored voice a new recording sounds like,
@@ -126,7 +143,10 @@ def cli(ctx: click.Context, home: Path | None, checkpoint: Path | None) -> None:
     \b
     Environment: VOICEDB_HOME (library directory), VOICEDB_CHECKPOINT (local
     checkpoint directory), VOICEDB_DEVICE (torch device, default cuda if
-    available, else cpu), HF_HUB_OFFLINE / HF_HOME (Hugging Face hub cache).
+    available, else cpu), VOICEDB_DATABASE_URL and VOICEDB_STORAGE_URL (a
+    library shared by several machines: PostgreSQL and object storage, with
+    AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for S3),
+    HF_HUB_OFFLINE / HF_HOME (Hugging Face hub cache).
 
     \b
     Shell completion (bash; zsh and fish likewise):
@@ -137,7 +157,7 @@ def cli(ctx: click.Context, home: Path | None, checkpoint: Path | None) -> None:
 
         warnings.simplefilter("ignore")
     ctx.ensure_object(dict)
-    ctx.obj.update(home=home, checkpoint=checkpoint)
+    ctx.obj.update(home=home, checkpoint=checkpoint, database_url=database_url, storage_url=storage_url)
 
 
 @cli.command()
@@ -146,6 +166,46 @@ def init(ctx: click.Context) -> None:
     """Create the library directory (every other command does this on first use too)."""
     db = library(ctx)
     click.echo(f"library ready at {db.home}")
+
+
+@cli.group(name="db")
+def database() -> None:
+    """The library's database: its schema and where things are.
+
+    \b
+    A SQLite library is migrated when it is opened. A PostgreSQL one (--database-url)
+    is shared by several servers, so it is migrated only on purpose, once, before they
+    start: servers refuse to open a database whose schema is behind theirs.
+    \b
+    voicedb --database-url postgresql+psycopg://voicedb@db/voicedb db upgrade
+    """
+
+
+@database.command(name="upgrade")
+@click.pass_context
+def database_upgrade(ctx: click.Context) -> None:
+    """Run the pending schema migrations (Alembic), under the library's writer lock."""
+    from .library import VoiceDB
+
+    before, after = VoiceDB.upgrade_database(ctx.obj["home"], ctx.obj["database_url"])
+    if before == after:
+        click.echo(f"schema already at {after}")
+    else:
+        click.echo(f"schema upgraded from {before or 'empty'} to {after}")
+
+
+@database.command(name="status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def database_status(ctx: click.Context, as_json: bool) -> None:
+    """Where the database, the stored files and this machine's index are, and the schema revision."""
+    db = library(ctx)
+    where = db.location
+    if as_json:
+        emit_json(where)
+        return
+    for key, value in where.items():
+        click.echo(f"{key:9} {value}")
 
 
 @cli.command()

@@ -23,11 +23,11 @@ from cachetools import LRUCache
 
 from .audio import BestReference, LoadedClip, load_clip
 from .catalog import Catalog, Change
-from .context import CONDS_DIR, LibraryContext
+from .context import LibraryContext
 from .errors import AudioError, LibraryError, NoClips
-from .files import sha256_file
 from .flavours import Flavour, flavour_named
-from .store import ConditionalsRow, VoiceRow, utcnow
+from .objects import CONDS_DIR
+from .store import ClipRow, ConditionalsRow, VoiceRow, utcnow
 
 #: How far ``t3.speaker_emb`` may drift from the voice vector (float32 round trips) and still be current.
 SPEAKER_TOLERANCE = 1e-4
@@ -80,16 +80,30 @@ def shallow_copy(conds: Any) -> Any:
     return type(conds)(conds.t3, dict(conds.gen))
 
 
+def kept_clip_files(ctx: LibraryContext, clips: Iterable[ClipRow]) -> list[Path]:
+    """Local files holding a voice's kept clips (downloaded from object storage when that is where they
+    are), skipping any that are missing or corrupt: ``check`` reports those."""
+    return [path for clip in clips if (path := ctx.objects.fetch(clip.file, clip.sha256)) is not None]
+
+
 class ConditionalsStore:
-    """Conditionals loaded once stay in a bounded LRU on the model's device, keyed by (voice, flavour,
-    file); the file name carries its content hash, so a re-derived or replaced file is a new key and
-    the stale entry ages out."""
+    """Conditionals loaded once stay in a bounded LRU on the model's device, keyed by (voice pk, flavour)
+    and holding the file they came from; the file name carries its content hash, so a re-derived or
+    replaced file no longer matches and is read again. Entries of voices another process changed are
+    dropped as soon as this one sees the change (``LibraryContext.on_voices_changed``)."""
 
     def __init__(self, ctx: LibraryContext, catalog: Catalog, cache_size: int = CACHED_CONDITIONALS) -> None:
         self.ctx = ctx
         self.catalog = catalog
-        self._cache: LRUCache[tuple[str, str, str], Any] = LRUCache(maxsize=cache_size)
+        self._cache: LRUCache[tuple[int, str], tuple[str, Any]] = LRUCache(maxsize=cache_size)
         self._cache_lock = threading.Lock()
+        ctx.on_voices_changed.append(self.drop)
+
+    def drop(self, voice_pks: set[int] | None) -> None:
+        """Forget the loaded conditionals of these voices (``None``: of every voice)."""
+        with self._cache_lock:
+            for key in [key for key in self._cache if voice_pks is None or key[0] in voice_pks]:
+                del self._cache[key]
 
     @property
     def cached(self) -> int:
@@ -132,7 +146,7 @@ class ConditionalsStore:
         with self.ctx.store.session() as session:
             row = self.catalog.row(session, ref)
             voice_id, vector = row.id, row.vector.copy()
-            kept = [self.ctx.path(c.file) for c in row.clips if self.ctx.path(c.file).exists()]
+            kept = kept_clip_files(self.ctx, row.clips)
         if not kept:
             raise LibraryError(f"voice {voice_id} has no kept reference audio to derive {model} conditionals from.")
         reference = best_reference(kept, flavour)
@@ -150,17 +164,17 @@ class ConditionalsStore:
         flavour = flavour_named(model)
         with self.ctx.store.session() as session:
             row = self.catalog.row(session, ref)
-            voice_id, vector, has_clips = row.id, row.vector.copy(), bool(row.clips)
+            voice_pk, voice_id, vector, has_clips = row.pk, row.id, row.vector.copy(), bool(row.clips)
             saved = next((c for c in row.conditionals if c.flavour == flavour.name), None)
             embedding_only = not row.clips and not row.conditionals
         if saved is None:
             self._derive_or_explain(voice_id, flavour, has_clips, embedding_only)
             return self.load(voice_id, model)
-        key = (voice_id, flavour.name, saved.file)
+        key = (voice_pk, flavour.name)
         with self._cache_lock:
             cached = self._cache.get(key)
-        if cached is not None:
-            return shallow_copy(cached)
+        if cached is not None and cached[0] == saved.file:
+            return shallow_copy(cached[1])
         conds = self.read(saved)
         derived = saved.clip_sha256 is not None
         outdated = derived and saved.checkpoint != self.ctx.engine.fingerprint(flavour)
@@ -169,7 +183,7 @@ class ConditionalsStore:
             return self.load(voice_id, model)
         conds = conds.to(self.ctx.engine.device)
         with self._cache_lock:
-            self._cache[key] = conds
+            self._cache[key] = (saved.file, conds)
         return shallow_copy(conds)
 
     def _derive_or_explain(self, voice_id: str, flavour: Flavour, has_clips: bool, embedding_only: bool) -> None:
@@ -186,8 +200,8 @@ class ConditionalsStore:
         """Load one saved file after verifying its checksum."""
         from .engine import conditionals_class
 
-        path = self.ctx.path(saved.file)
-        if not path.exists() or sha256_file(path) != saved.sha256:
+        path = self.ctx.objects.fetch(saved.file, saved.sha256)
+        if path is None:
             raise LibraryError(
                 f"the {saved.flavour} conditionals of a voice ({saved.file}) are missing or corrupt; "
                 "run `voicedb check --repair`."

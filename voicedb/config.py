@@ -13,6 +13,8 @@ HOME_ENV = "VOICEDB_HOME"
 CHECKPOINT_ENV = "VOICEDB_CHECKPOINT"
 DEVICE_ENV = "VOICEDB_DEVICE"
 INDEX_EXACT_MAX_ENV = "VOICEDB_INDEX_EXACT_MAX"
+DATABASE_URL_ENV = "VOICEDB_DATABASE_URL"
+STORAGE_URL_ENV = "VOICEDB_STORAGE_URL"
 
 #: The threshold for encoder weights nobody measured (``SHIPPED_THRESHOLDS`` has none for them): the value
 #: voicedb used before thresholds were measured per matcher on the development set (README, "Matching you can
@@ -73,6 +75,18 @@ def library_home(override: str | os.PathLike[str] | None = None) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("voicedb", appauthor=False))
+
+
+def database_url(override: str | None = None) -> str | None:
+    """The database beyond one machine (``postgresql+psycopg://...``): ``override``, else ``$VOICEDB_DATABASE_URL``;
+    ``None`` for the SQLite file in the library directory."""
+    return override or os.environ.get(DATABASE_URL_ENV) or None
+
+
+def storage_url(override: str | None = None) -> str | None:
+    """Where clips and conditionals live (a directory or an fsspec URL such as ``s3://bucket/prefix``):
+    ``override``, else ``$VOICEDB_STORAGE_URL``; ``None`` for the library directory."""
+    return override or os.environ.get(STORAGE_URL_ENV) or None
 
 
 def checkpoint_dir(override: str | os.PathLike[str] | None = None) -> Path | None:

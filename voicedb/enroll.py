@@ -20,7 +20,7 @@ from . import config
 from .audio import AudioInput, AudioSource, BestReference, LoadedClip, audio_source, expand_audio_paths, load_clip
 from .calibration import Thresholds
 from .catalog import Catalog, KeptClip, check_language, check_name, clip_vector_rows, voice_record
-from .conditionals import ConditionalsStore, best_reference
+from .conditionals import ConditionalsStore, best_reference, kept_clip_files
 from .context import LibraryContext
 from .errors import AudioError, LibraryError, QualityError
 from .faults import crash_point
@@ -106,7 +106,7 @@ class Enrollment:
                     {v.encoder: (v.checksum, np.frombuffer(v.vector, np.float32).copy()) for v in c.match_vectors}
                     for c in row.clips
                 ]
-                kept = [self.ctx.path(c.file) for c in row.clips]
+                kept = kept_clip_files(self.ctx, row.clips)
         encoder = self.ctx.engine.encoder_checksum
         self.ctx.check_encoder(encoder)  # before any embedding work
         matcher = self.matcher.name()
@@ -213,9 +213,10 @@ class Enrollment:
         with self.ctx.store.session() as session:
             row = self.catalog.row(session, ref)
             voice_id = row.id
-            clips = [(c.sha256, self.ctx.path(c.file)) for c in row.clips]
+            clips = [(c.sha256, c.file) for c in row.clips]
         if not clips:
             raise LibraryError(f"voice {voice_id} has no kept clips to re-embed (it was imported); re-import it.")
+        clips = [(sha, self._kept_file(file, sha)) for sha, file in clips]
         engine = self.ctx.engine
         matcher = self.matcher.name()
         self.matcher.encoders.require(matcher)
@@ -242,8 +243,16 @@ class Enrollment:
             self.conditionals.forget(change, row)
             change.reindex(row)
 
-    def missing_match_vectors(self, matcher: str) -> list[tuple[int, Path, tuple[str, ...]]]:
-        """(clip pk, kept file, encoders) of the kept clips that lack ``matcher``'s vectors by the current weights."""
+    def _kept_file(self, relative: str, sha256: str) -> Path:
+        """A local copy of one kept clip, or a clear error naming it."""
+        path = self.ctx.objects.fetch(relative, sha256)
+        if path is None:
+            raise LibraryError(f"kept clip {relative} is missing or corrupt; run `voicedb check`.")
+        return path
+
+    def missing_match_vectors(self, matcher: str) -> list[tuple[int, str, str, tuple[str, ...]]]:
+        """(clip pk, kept file, its sha256, encoders) of the kept clips lacking ``matcher``'s vectors by the
+        current weights."""
         encoders = encoders_of(matcher)
         sums = {encoder: self.matcher.encoders.checksum(encoder) for encoder in encoders}
         with self.ctx.store.session() as session:
@@ -253,7 +262,7 @@ class Enrollment:
                 have = {(found.encoder, found.checksum) for found in clip.match_vectors}
                 lacking = tuple(encoder for encoder in encoders if (encoder, sums[encoder]) not in have)
                 if lacking:
-                    missing.append((clip.pk, self.ctx.path(clip.file), lacking))
+                    missing.append((clip.pk, clip.file, clip.sha256, lacking))
         return missing
 
     def fill_match_vectors(self, matcher: str, progress: ProgressHook | None = None) -> int:
@@ -262,10 +271,11 @@ class Enrollment:
         self.matcher.encoders.require(matcher)
         missing = self.missing_match_vectors(matcher)
         found: dict[int, ClipVectors] = {}
-        for done, (clip_pk, path, encoders) in enumerate(missing):
+        for done, (clip_pk, relative, sha256, encoders) in enumerate(missing):
             if progress:
-                progress(done, len(missing), path.name)
-            found[clip_pk] = self.matcher.encoders.embed(load_clip(path).wav_16k, encoders)
+                progress(done, len(missing), Path(relative).name)
+            wav = load_clip(self._kept_file(relative, sha256)).wav_16k
+            found[clip_pk] = self.matcher.encoders.embed(wav, encoders)
         if progress:
             progress(len(missing), len(missing), "saving")
         if found:

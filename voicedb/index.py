@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,10 +64,13 @@ class Space:
         """Whether this space can hold any voice under ``matcher``."""
         return not self.fallback or encoders_of(matcher) != (CHATTERBOX,)
 
-    def vectors(self, store: Store, session: Any, matcher: str) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(
+        self, store: Store, session: Any, matcher: str, voices: Collection[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The (pks, vectors) this space holds of every voice, or of ``voices`` only."""
         if self.fallback:
-            return store.fallback_vectors(session, matcher)
-        return store.all_vectors(session, matcher)
+            return store.fallback_vectors(session, matcher, voices)
+        return store.all_vectors(session, matcher, voices)
 
 
 PRIMARY = Space("index")
@@ -189,12 +192,15 @@ class IndexFiles:
 
     def load(self, generation: int, matcher: str) -> Any | None:
         """The saved index if it was built at ``generation`` for ``matcher`` and reads back whole, else ``None``."""
+        saved = self.load_saved(matcher)
+        return saved[0] if saved is not None and saved[1] == generation else None
+
+    def load_saved(self, matcher: str) -> tuple[Any, int] | None:
+        """(index, generation) of the saved index if it was built for ``matcher`` and reads back whole."""
         import faiss
 
         stamp = self.stamp()
-        if stamp is None or (stamp["generation"], stamp["matcher"]) != (generation, self.space.key(matcher)):
-            return None
-        if not self.index_path.exists():
+        if stamp is None or stamp["matcher"] != self.space.key(matcher) or not self.index_path.exists():
             return None
         try:
             index = faiss.read_index(str(self.index_path))
@@ -205,7 +211,7 @@ class IndexFiles:
             return None
         if kind_of(index) == IVF:
             index.nprobe = ivf_probes(index.nlist)  # this code's setting, not the one saved with the file
-        return index
+        return index, stamp["generation"]
 
     def save(self, index: Any, generation: int, matcher: str) -> None:
         """Write the index, then its stamp; a crash between the two only makes it look stale."""
@@ -243,37 +249,78 @@ def search(index: Any, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
 
 
 class VoiceIndex:
-    """The library's index as this process sees it: loaded once, reused while the generation holds,
-    reloaded or rebuilt from the store when another writer moved it on.
+    """The library's index as this process sees it: loaded once, reused while the generation holds, and
+    brought forward when another writer (another process, another machine) moved it on, by applying only
+    the voices the store's change log names since this index's generation; rebuilt from the store when
+    the log cannot say (this process fell too far behind, or a change too big to list).
 
     One lock guards the loaded index, so searches never see it half-updated. Its kind is chosen when
     it is built from the store: a change that takes the library across ``exact_max`` voices, either
     way, or past what an IVF index was trained for, rebuilds it.
     """
 
-    def __init__(self, files: IndexFiles, store: Store, writer: WriterLock) -> None:
+    def __init__(
+        self,
+        files: IndexFiles,
+        store: Store,
+        writer: WriterLock,
+        on_change: Callable[[set[int] | None], None] | None = None,
+    ) -> None:
+        """``on_change`` hears which voices another process changed (``None``: any of them) once this index
+        catches up with it, so caches of their other data can be dropped."""
         self.files = files
         self.space = files.space
         self.store = store
         self.writer = writer
         self.exact_max = config.index_exact_max()
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._index: Any = None
         self._generation = -1
+        self._matcher: str | None = None
 
     def _current(self, rebuild: bool) -> Any:
         """The index at the store's current generation (caller holds ``_lock``)."""
         with self.store.session() as session:
             generation = self.store.generation(session)
-            if not rebuild and self._index is not None and self._generation == generation:
-                return self._index
             matcher = self.store.matcher(session)
-            index = None if rebuild else self.files.load(generation, matcher)
-            if index is None:
-                index = self._built(session, matcher)
-                self._save_if_possible(index, generation, matcher)
-        self._index, self._generation = index, generation
+            if not rebuild and self._index is not None and (self._generation, self._matcher) == (generation, matcher):
+                return self._index
+            had_index = self._index is not None
+            found = None if rebuild else self._caught_up(session, generation, matcher)
+            if found is None:
+                index, moved = self._built(session, matcher), True
+                if had_index and self._on_change:
+                    self._on_change(None)
+            else:
+                index, moved = found
+        self._index, self._generation, self._matcher = index, generation, matcher
+        if moved:
+            self._save_if_possible(index, generation, matcher)
         return index
+
+    def _caught_up(self, session: Any, generation: int, matcher: str) -> tuple[Any, bool] | None:
+        """(index at ``generation``, whether it moved): the one in memory or on disk, brought forward by the
+        change log; ``None`` when neither can be (then the caller rebuilds)."""
+        if self._index is not None and self._matcher == matcher and self._generation <= generation:
+            index, since = self._index, self._generation
+        else:
+            saved = self.files.load_saved(matcher)
+            if saved is None or saved[1] > generation:
+                return None
+            index, since = saved
+        if since == generation:
+            return index, False
+        changed = self.store.changed_since(session, since, generation)
+        if changed is None:
+            return None
+        pks, vectors = self.space.vectors(self.store, session, matcher, changed)
+        update(index, zip(pks.tolist(), vectors), changed)
+        if misfit(index, self.exact_max):
+            return None
+        if self._on_change:
+            self._on_change(changed)
+        return index, True
 
     def _save_if_possible(self, index: Any, generation: int, matcher: str) -> None:
         """Persist a rebuilt index when no writer is busy; readers must not fail on a read-only library. An empty
@@ -306,26 +353,20 @@ class VoiceIndex:
         except Exception:  # noqa: BLE001 - derived data; the stamp makes the next reader rebuild it
             log.warning("could not update the index; it will be rebuilt", exc_info=True)
             with self._lock:
-                self._index, self._generation = None, -1
+                self._index, self._generation, self._matcher = None, -1, None
 
     def _apply(
         self, generation: int, matcher: str, add: Iterable[tuple[int, np.ndarray]], remove: Iterable[int]
     ) -> None:
-        if self._index is not None and self._generation == generation - 1:
-            index = self._index
-        else:
-            index = self.files.load(generation - 1, matcher)
-        if index is not None and index.d == self.space.dimension(matcher):
-            update(index, add, remove)
-            if misfit(index, self.exact_max):
-                index = None
-        else:
-            index = None
-        if index is None:  # stale, missing, or no longer the kind its size calls for: rebuild from the truth
+        if self._index is None or (self._generation, self._matcher) != (generation - 1, matcher):
+            self._current(rebuild=False)  # from the file or the change log, or rebuilt: the change is committed
+            return
+        update(self._index, add, remove)
+        if misfit(self._index, self.exact_max):  # no longer the kind its size calls for: rebuild from the truth
             with self.store.session() as session:
-                index = self._built(session, matcher)
-        self._index, self._generation = index, generation
-        self.files.save(index, generation, matcher)
+                self._index = self._built(session, matcher)
+        self._generation = generation
+        self.files.save(self._index, generation, matcher)
 
     def rebuild(self) -> None:
         """Rebuild from the store and save (caller holds the writer lock): ``check --repair``, a new matcher."""
@@ -334,7 +375,7 @@ class VoiceIndex:
             matcher = self.store.matcher(session)
             index = self._built(session, matcher)
             self.files.save(index, generation, matcher)
-            self._index, self._generation = index, generation
+            self._index, self._generation, self._matcher = index, generation, matcher
 
     def _built(self, session: Any, matcher: str) -> Any:
         """A new index of this space from the store (the truth)."""

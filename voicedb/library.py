@@ -50,7 +50,9 @@ PathLike = str | os.PathLike[str]
 
 class VoiceDB:
     """A voice library in one directory: ``voicedb.sqlite`` (truth), ``index.faiss`` (derived),
-    ``clips/`` (kept reference audio) and ``conds/`` (saved Chatterbox conditionals).
+    ``clips/`` (kept reference audio) and ``conds/`` (saved Chatterbox conditionals). Shared by several
+    machines, the truth is a PostgreSQL database (``database_url``) and the clips and conditionals live
+    in object storage (``storage_url``); the directory keeps only this machine's index and cache.
 
     Audio arguments take a path, the file's bytes, or ``(samples, sample_rate)``.
 
@@ -66,11 +68,20 @@ class VoiceDB:
         checkpoint: PathLike | None = None,
         device: str | None = None,
         engine: Engine | None = None,
+        database_url: str | None = None,
+        storage_url: str | None = None,
     ) -> None:
         """``engine`` shares already-loaded Chatterbox networks (default: the process's one for
-        ``checkpoint`` and ``device``, loaded on first use)."""
+        ``checkpoint`` and ``device``, loaded on first use). ``database_url`` (default
+        ``$VOICEDB_DATABASE_URL``) and ``storage_url`` (default ``$VOICEDB_STORAGE_URL``) move the truth
+        and the files off this machine; see ``context``."""
         self._ctx = LibraryContext(
-            config.library_home(home), checkpoint=config.checkpoint_dir(checkpoint), device=device, engine=engine
+            config.library_home(home),
+            checkpoint=config.checkpoint_dir(checkpoint),
+            device=device,
+            engine=engine,
+            database_url=config.database_url(database_url),
+            storage_url=config.storage_url(storage_url),
         )
         self._catalog = Catalog(self._ctx)
         self._matcher = Matcher(self._ctx, self._catalog)
@@ -84,6 +95,18 @@ class VoiceDB:
     @property
     def home(self) -> Path:
         return self._ctx.home
+
+    @property
+    def location(self) -> dict[str, str]:
+        """Where the library's parts are: ``database``, ``storage`` (URLs without passwords), ``home``, and
+        the database's ``schema`` revision."""
+        return self._ctx.description
+
+    @staticmethod
+    def upgrade_database(home: PathLike | None = None, database_url: str | None = None) -> tuple[str | None, str]:
+        """Migrate the database to this voicedb's schema: (revision before, after). SQLite libraries are
+        migrated on open; a PostgreSQL one only by this (``voicedb db upgrade``), once, before servers start."""
+        return LibraryContext.upgrade_schema(config.library_home(home), config.database_url(database_url))
 
     @property
     def engine(self) -> Engine:

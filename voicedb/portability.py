@@ -7,7 +7,6 @@ encoder; otherwise the voice is embedded again from the bundle's clips, or refus
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -130,13 +129,10 @@ class Portability:
         return output
 
     def _read_kept(self, relative: str, sha256: str) -> bytes:
-        try:
-            data = self.ctx.path(relative).read_bytes()
-        except OSError:
-            raise LibraryError(f"{relative} is missing from the library; run `voicedb check`.") from None
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise LibraryError(f"{relative} is corrupt; run `voicedb check --repair`.")
-        return data
+        path = self.ctx.objects.fetch(relative, sha256)
+        if path is None:
+            raise LibraryError(f"{relative} is missing from the library or corrupt; run `voicedb check`.")
+        return path.read_bytes()
 
     def export_all(self, directory: Path, force: bool = False) -> list[Path]:
         """Back up every voice as ``<id>.voicedb`` in ``directory``, plus a ``backup.json`` of their checksums."""

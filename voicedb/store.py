@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,9 +31,11 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     exists,
     func,
+    insert,
     inspect,
     or_,
     select,
@@ -48,10 +50,15 @@ from .errors import LibraryError
 from .matchers import CHATTERBOX, DIMENSIONS, LEGACY_MATCHER, MATCHER_KEY, encoders_of, fuse
 
 #: The Alembic revision this code expects; a test checks it is the head of ``migrations/versions``.
-SCHEMA_HEAD = "0004_match_vectors"
+SCHEMA_HEAD = "0005_change_log"
 EMBEDDING_DIM = 256
 BUSY_TIMEOUT_MS = 30_000
 WAL_ATTEMPTS = 100
+#: Generations the change log keeps: a process further behind than this rebuilds its index instead.
+CHANGE_LOG_GENERATIONS = 1000
+#: Connections a PostgreSQL store keeps open (a server's request threads share them), and how many more it may open.
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
 
 
 def utcnow() -> dt.datetime:
@@ -179,6 +186,16 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(String(500))
 
 
+class ChangeRow(Base):
+    """One voice whose vectors a generation changed; ``voice_pk`` NULL means "too many: rebuild"."""
+
+    __tablename__ = "changes"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation: Mapped[int] = mapped_column(Integer, index=True)
+    voice_pk: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
 def _configure_sqlite(dbapi_connection, _record) -> None:
     # Let SQLAlchemy's BEGIN (below) start every transaction: pysqlite's own implicit transactions
     # leave DDL outside them, so a migration killed halfway would not roll back.
@@ -271,7 +288,18 @@ class Store:
     def _engine_options(self) -> dict:
         if self.url.get_backend_name() == "sqlite":
             return {"connect_args": {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
-        return {"pool_pre_ping": True}
+        return {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW, "pool_recycle": 1800}
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def revision(self) -> str | None:
+        """The schema revision the database is at (``None``: no voicedb schema yet)."""
+        try:
+            return current_revision(self.engine)
+        except (DatabaseError, OperationalError) as exc:
+            raise LibraryError(f"{self.name} is not a readable voicedb database ({exc.orig}).") from exc
 
     @property
     def name(self) -> str:
@@ -282,10 +310,7 @@ class Store:
 
     def needs_upgrade(self) -> bool:
         """True when migrations must run; refuses a database written by a newer voicedb."""
-        try:
-            revision = current_revision(self.engine)
-        except (DatabaseError, OperationalError) as exc:
-            raise LibraryError(f"{self.name} is not a readable voicedb database ({exc.orig}).") from exc
+        revision = self.revision()
         if revision == SCHEMA_HEAD:
             return False
         if revision is not None and revision not in known_revisions():
@@ -310,11 +335,28 @@ class Store:
         row = session.get(MetaRow, "generation")
         return int(row.value) if row else 0
 
-    def bump_generation(self, session: Session) -> int:
-        """Mark the voice vectors as changed, inside the caller's transaction."""
+    def bump_generation(self, session: Session, voice_pks: Iterable[int] | None = None) -> int:
+        """Mark the vectors of ``voice_pks`` (``None``: of any voice) as changed, inside the caller's
+        transaction, and log which, so other processes can update their index in place."""
         new = self.generation(session) + 1
         session.merge(MetaRow(key="generation", value=str(new)))
+        pks = sorted(set(voice_pks)) if voice_pks is not None else []
+        rows = [{"generation": new, "voice_pk": pk} for pk in pks] or [{"generation": new, "voice_pk": None}]
+        session.execute(insert(ChangeRow), rows)
+        session.execute(delete(ChangeRow).where(ChangeRow.generation <= new - CHANGE_LOG_GENERATIONS))
         return new
+
+    def changed_since(self, session: Session, generation: int, current: int) -> set[int] | None:
+        """The voices whose vectors changed after ``generation`` up to ``current``, or ``None`` when the log
+        cannot say (pruned, from before the log existed, or a change too big to list): rebuild then."""
+        rows = session.execute(
+            select(ChangeRow.generation, ChangeRow.voice_pk).where(
+                ChangeRow.generation > generation, ChangeRow.generation <= current
+            )
+        ).all()
+        if len({found for found, _ in rows}) != current - generation or any(pk is None for _, pk in rows):
+            return None
+        return {pk for _, pk in rows}
 
     def matcher(self, session: Session) -> str:
         """The library's matcher (``matchers.MATCHERS``): what its index and ``match`` compare voices with."""
@@ -322,11 +364,15 @@ class Store:
         return row.value if row else LEGACY_MATCHER
 
     def encoder_vectors(
-        self, session: Session, encoder: str, where: ColumnElement[bool] | None = None
+        self,
+        session: Session,
+        encoder: str,
+        where: ColumnElement[bool] | None = None,
+        voices: Collection[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(pks int64 (n,), unit vectors float32 (n, d)) of the voices that have a matching vector by ``encoder``;
-        for the Chatterbox encoder, a voice without one is represented by its conditionals embedding (and
-        ``where`` may narrow the voices)."""
+        """(pks int64 (n,), unit vectors float32 (n, d)) of the voices (of ``voices`` only, if given) that
+        have a matching vector by ``encoder``; for the Chatterbox encoder, a voice without one is represented
+        by its conditionals embedding (and ``where`` may narrow the voices)."""
         if encoder == CHATTERBOX:
             query = (
                 select(VoiceRow.pk, func.coalesce(VoiceVectorRow.vector, VoiceRow.embedding))
@@ -336,29 +382,38 @@ class Store:
                 .where(true() if where is None else where)
                 .order_by(VoiceRow.pk)
             )
+            owner = VoiceRow.pk
         else:
             query = (
                 select(VoiceVectorRow.voice_pk, VoiceVectorRow.vector)
                 .where(VoiceVectorRow.encoder == encoder)
                 .order_by(VoiceVectorRow.voice_pk)
             )
+            owner = VoiceVectorRow.voice_pk
+        if voices is not None:
+            query = query.where(owner.in_(list(voices)))
         rows = session.execute(query).all()
         pks = np.fromiter((pk for pk, _ in rows), dtype=np.int64, count=len(rows))
         vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(-1, DIMENSIONS[encoder])
         return pks, vectors
 
-    def all_vectors(self, session: Session, matcher: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(pks int64 (n,), vectors float32 (n, d)) of every voice the library's matcher (or ``matcher``) can
-        compare: what the FAISS index is built from. With several encoders, voices lacking one are left out."""
+    def all_vectors(
+        self, session: Session, matcher: str | None = None, voices: Collection[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(pks int64 (n,), vectors float32 (n, d)) of every voice (of ``voices``, if given) the library's matcher
+        (or ``matcher``) can compare: what the FAISS index is built from. With several encoders, voices lacking
+        one are left out."""
         encoders = encoders_of(matcher or self.matcher(session))
-        found = [self.encoder_vectors(session, encoder) for encoder in encoders]
+        found = [self.encoder_vectors(session, encoder, voices=voices) for encoder in encoders]
         pks = found[0][0]
         for other, _ in found[1:]:
             pks = np.intersect1d(pks, other, assume_unique=True)
         parts = [vectors[np.searchsorted(own, pks)] for own, vectors in found]
         return pks, fuse(parts).reshape(len(pks), sum(DIMENSIONS[encoder] for encoder in encoders))
 
-    def fallback_vectors(self, session: Session, matcher: str) -> tuple[np.ndarray, np.ndarray]:
+    def fallback_vectors(
+        self, session: Session, matcher: str, voices: Collection[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Like ``all_vectors`` for the voices ``matcher`` cannot compare (lacking a vector by one of its
         encoders other than Chatterbox's), by the Chatterbox embedding every voice has."""
         other = aliased(VoiceVectorRow)  # the query below joins VoiceVectorRow itself
@@ -369,7 +424,7 @@ class Store:
         ]
         if not lacking:
             return np.empty(0, np.int64), np.empty((0, DIMENSIONS[CHATTERBOX]), np.float32)
-        return self.encoder_vectors(session, CHATTERBOX, where=or_(*lacking))
+        return self.encoder_vectors(session, CHATTERBOX, where=or_(*lacking), voices=voices)
 
     def close(self) -> None:
         self.engine.dispose()
