@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,58 @@ def home(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> P
     monkeypatch.setenv("VOICEDB_DEVICE", "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return library
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (``services.postgres_server``)."""
+    from services import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (moto's) for the session."""
+    from services import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@dataclass
+class Backend:
+    """Where a test's library keeps its truth and its files; ``home`` is this machine's directory."""
+
+    kind: str
+    home: Path
+    database_url: str | None = None
+    storage_url: str | None = None
+
+    def machine(self, home: Path) -> dict[str, str | Path | None]:
+        """``VoiceDB`` keyword arguments of another machine sharing this library (its own directory)."""
+        return {"home": home, "database_url": self.database_url, "storage_url": self.storage_url}
+
+
+BACKENDS = ["sqlite+files", "postgres+s3"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, standin: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """A fresh library (on the stand-in engine) for each backend: SQLite and files in its directory, or a fresh
+    PostgreSQL database (migrated with ``voicedb db upgrade``) and a fresh S3 bucket. The CLI and ``VoiceDB()``
+    find it through the environment, as a user's shell would."""
+    if request.param == "sqlite+files":
+        return Backend(request.param, standin)
+    postgres, s3 = request.getfixturevalue("postgres"), request.getfixturevalue("s3")
+    for key, value in s3.environment().items():
+        monkeypatch.setenv(key, value)
+    found = Backend(request.param, standin, postgres.database(), s3.bucket())
+    monkeypatch.setenv("VOICEDB_DATABASE_URL", found.database_url)
+    monkeypatch.setenv("VOICEDB_STORAGE_URL", found.storage_url)
+    assert run("db", "upgrade").exit_code == 0
+    return found
 
 
 @pytest.fixture

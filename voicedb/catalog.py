@@ -215,14 +215,26 @@ class Change:
         self.reindex_all()
 
     def new_voice(
-        self, name: str, tags: Sequence[str], vector: np.ndarray, encoder: str, language: str | None = None
+        self,
+        name: str,
+        tags: Sequence[str],
+        vector: np.ndarray,
+        encoder: str,
+        language: str | None = None,
+        voice_id: str | None = None,
     ) -> VoiceRow:
-        """A new voice row with a fresh id, indexed after the commit; the library records its encoder.
+        """A new voice row, indexed after the commit; the library records its encoder. It gets ``voice_id``
+        where that is a valid id no voice has (a restored backup keeps its ids), else a fresh one.
 
         ``language`` must already be checked (``check_language``)."""
         now = utcnow()
+        taken = (
+            voice_id is None
+            or not ID_PATTERN.match(voice_id)
+            or self.session.scalar(select(VoiceRow.pk).where(VoiceRow.id == voice_id))
+        )
         row = VoiceRow(
-            id=self.new_voice_id(),
+            id=self.new_voice_id() if taken else voice_id,
             name=name,
             tags=sorted(set(tags)),
             embedding=np.asarray(vector, dtype=np.float32).tobytes(),

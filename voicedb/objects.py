@@ -111,7 +111,8 @@ class RemoteObjects:
 
         self.name = url.rstrip("/")
         try:
-            self.fs, root = fsspec.core.url_to_fs(self.name)
+            # no listings cache: other machines add and remove objects behind this process's back
+            self.fs, root = fsspec.core.url_to_fs(self.name, use_listings_cache=False)
         except (ImportError, ValueError) as exc:
             raise LibraryError(f"cannot use storage {url}: {exc}") from exc
         self.root = root.rstrip("/")

@@ -251,7 +251,7 @@ class Portability:
         voice = self._insert(name, [], vector, encoder, prepared, [])
         return AddResult(voice, True, [], warnings)
 
-    def _import_bundle(self, path: Path, name: str | None) -> AddResult:
+    def _import_bundle(self, path: Path, name: str | None, keep_id: bool = False) -> AddResult:
         from .bundle import read_bundle
         from .engine import read_conditionals
 
@@ -283,7 +283,8 @@ class Portability:
                     prepared[flavour] = Prepared(flavour, serialise(conds), IMPORTED, None)
         tags = [str(tag) for tag in manifest.get("tags", []) if isinstance(tag, str)]
         warnings = self._duplicates(clips, vector)
-        voice = self._insert(name, tags, vector, encoder, prepared, clips, language)
+        voice_id = manifest.get("id") if keep_id else None
+        voice = self._insert(name, tags, vector, encoder, prepared, clips, language, voice_id)
         return AddResult(voice, True, [], warnings)
 
     def _bundle_clips(self, path: Path, listed: Any, members: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -324,13 +325,15 @@ class Portability:
         prepared: dict[str, Prepared],
         clips: list[dict[str, Any]],
         language: str | None = None,
+        voice_id: str | None = None,
     ) -> Voice:
+        """``voice_id``: the id to keep (a restored backup), where it is a valid id no other voice has."""
         with self.catalog.write("import") as change:
             self.catalog.check_name_free(name, change.session)
             if clips:
                 self.enrollment.matcher.settle(change.session)
             self.catalog.refuse_duplicate_clips({c["sha256"]: c["file"] for c in clips}, change.session)
-            row = change.new_voice(name, tags, vector, encoder, language)
+            row = change.new_voice(name, tags, vector, encoder, language, voice_id)
             for clip in clips:
                 kept = KeptClip(
                     clip["sha256"],
@@ -352,8 +355,10 @@ class Portability:
         return voice
 
     def import_all(self, directory: Path) -> list[Voice]:
-        """Restore a backup made by ``export_all``: every checksum and name is verified before any import,
-        and if one import still fails, the voices already restored are removed again."""
+        """Restore a backup made by ``export_all`` (into this library, or another: how a library moves from
+        SQLite to PostgreSQL): every checksum and name is verified before any import, voices keep their ids
+        where no other voice has them, and if one import still fails, the voices already restored are
+        removed again."""
         from .bundle import read_bundle
 
         try:
@@ -374,7 +379,7 @@ class Portability:
         imported: list[Voice] = []
         try:
             for file_name in files:
-                imported.append(self.import_file(directory / Path(file_name).name).voice)
+                imported.append(self._import_bundle(directory / Path(file_name).name, None, keep_id=True).voice)
         except BaseException:
             if imported:  # all or nothing: take back what this restore added
                 self.catalog.remove([v.id for v in imported])
