@@ -176,6 +176,8 @@ class Checker:
             else:
                 reason = wrong_kind
         elif not files.index_path.exists():
+            if not self.ctx.store.is_sqlite:
+                return  # a shared library: the index is this machine's cache, built when it first searches
             reason = "is missing"
         else:
             reason = "is stale or unreadable"
