@@ -2,6 +2,13 @@
 """Try to break a library: kill ``voicedb add`` at random moments, and run writers in parallel.
 
     python scripts/stress.py CHECKPOINT_DIR [--runs 30] [--processes 4] [--adds 3]
+        [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres --storage s3://bucket/stress]
+
+Each harness gets a fresh library: a directory with SQLite and files by default; with ``--postgres`` (a
+server the script may create databases on) a fresh PostgreSQL database, migrated with ``voicedb db
+upgrade``, and with ``--storage`` its files under a fresh prefix of that fsspec URL (S3: endpoint and
+keys from ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``); every process then
+has a home directory of its own, as separate machines would.
 
 Crash harness: each run starts ``python -m voicedb add`` on a fresh clip and SIGKILLs it after a
 random delay within the time an add normally takes; then ``voicedb check --repair`` must leave no
@@ -25,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import soundfile
@@ -62,6 +70,13 @@ def voicedb(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "voicedb", *args], env=env, capture_output=True, text=True)
 
 
+def machine(env: dict[str, str], work: Path, n: int) -> dict[str, str]:
+    """The environment of process ``n``: with a shared database, a home of its own (another machine)."""
+    if "VOICEDB_DATABASE_URL" not in env:
+        return env
+    return {**env, "VOICEDB_HOME": str(work / f"machine{n}")}
+
+
 def consistency_failures(env: dict[str, str]) -> int:
     """Problems left after ``check --repair``, plus voices that are not complete and matchable."""
     failures = 0
@@ -81,7 +96,7 @@ def crash_harness(runs: int, env: dict[str, str], work: Path) -> dict[str, int]:
     for n in range(runs):
         process = subprocess.Popen(
             [sys.executable, "-m", "voicedb", "add", str(clips[n]), "--name", f"v{n}", "--no-conditionals"],
-            env=env,
+            env=machine(env, work, n),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -116,9 +131,12 @@ def concurrency_harness(processes: int, adds: int, env: dict[str, str], work: Pa
     jobs = [clips[i::processes] for i in range(processes)]
     running = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, *(f"{c.stem}={c}" for c in job)], env=env, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", WORKER, *(f"{c.stem}={c}" for c in job)],
+            env=machine(env, work, n),
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        for job in jobs
+        for n, job in enumerate(jobs)
     ]
     errors = sum(p.wait() != 0 for p in running)
     listed = [v["name"] for v in listed_voices(env)]
@@ -133,12 +151,34 @@ def concurrency_harness(processes: int, adds: int, env: dict[str, str], work: Pa
     }
 
 
+def fresh_library(work: Path, checkpoint: Path, postgres: str | None, storage: str | None) -> dict[str, str]:
+    """The environment of a new, empty library for one harness (see the module docstring)."""
+    env = {**os.environ, "VOICEDB_HOME": str(work / "library"), "VOICEDB_CHECKPOINT": str(checkpoint)}
+    env["VOICEDB_DEVICE"] = "cpu"
+    name = f"stress_{uuid.uuid4().hex[:10]}"
+    if storage:
+        env["VOICEDB_STORAGE_URL"] = f"{storage.rstrip('/')}/{name}"
+    if postgres:
+        from sqlalchemy import create_engine, make_url, text
+
+        server = create_engine(postgres, isolation_level="AUTOCOMMIT")
+        with server.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+        server.dispose()
+        env["VOICEDB_DATABASE_URL"] = make_url(postgres).set(database=name).render_as_string(hide_password=False)
+        upgraded = voicedb("db", "upgrade", env=env)
+        assert upgraded.returncode == 0, upgraded.stderr
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--runs", type=int, default=30, help="crash-harness runs")
     parser.add_argument("--processes", type=int, default=4, help="parallel writer processes")
     parser.add_argument("--adds", type=int, default=3, help="adds per writer process")
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to make each harness's database on")
+    parser.add_argument("--storage", metavar="URL", help="an fsspec URL (s3://bucket/prefix) for the files")
     args = parser.parse_args()
     print(
         f"{'harness':<12} | {'runs':>4} | {'kills':>5} | {'expected':>8} | {'found':>5} | {'lost':>4} | "
@@ -150,13 +190,7 @@ def main() -> None:
     ):
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            env = {
-                **os.environ,
-                "VOICEDB_HOME": str(work / "library"),
-                "VOICEDB_CHECKPOINT": str(args.checkpoint),
-                "VOICEDB_DEVICE": "cpu",
-            }
-            row = harness(env, work)
+            row = harness(fresh_library(work, args.checkpoint, args.postgres, args.storage), work)
         print(
             f"{label:<12} | {row['runs']:>4} | {row['kills']:>5} | {row['expected']:>8} | {row['found']:>5} | "
             f"{row['lost']:>4} | {row['inconsistent']:>25}",

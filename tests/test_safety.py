@@ -338,10 +338,18 @@ def test_clipped_or_mostly_silent_clips_warn_and_strict_refuses(home: Path, spea
     assert result.exit_code == 0 and warning in result.stderr
 
 
-def test_stress_script_kills_adds_at_random_moments_and_loses_nothing(checkpoint: Path):
+@pytest.mark.parametrize("library_kind", ["sqlite+files", "postgres+s3"])
+def test_stress_script_kills_adds_at_random_moments_and_loses_nothing(
+    library_kind: str, checkpoint: Path, request: pytest.FixtureRequest
+):
     script = Path(__file__).resolve().parent.parent / "scripts" / "stress.py"
     args = [sys.executable, str(script), str(checkpoint), "--runs", "8", "--processes", "2", "--adds", "2"]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    env = dict(os.environ)
+    if library_kind == "postgres+s3":
+        postgres, s3 = request.getfixturevalue("postgres"), request.getfixturevalue("s3")
+        args += ["--postgres", postgres.url("postgres"), "--storage", s3.bucket()]
+        env.update(s3.environment())
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {
         line.split("|")[0].strip(): [cell.strip() for cell in line.split("|")[1:]]

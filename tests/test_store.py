@@ -86,3 +86,16 @@ def test_a_library_created_at_0001_gets_the_language_column_when_opened(standin:
         assert con.execute("SELECT language FROM voices").fetchall() == [(None,)]
     assert run("language", "olga", "sv").exit_code == 0
     assert json.loads(run("show", "olga", "--json").stdout)["language"] == "sv"
+
+
+def test_the_same_migrations_build_the_schema_on_postgresql(postgres):
+    """PostgreSQL gets the schema from the very migrations SQLite does, and nothing runs them on open."""
+    from sqlalchemy import inspect
+
+    store = Store(postgres.database())
+    assert store.needs_upgrade() and store.revision() is None
+    store.upgrade()
+    assert not store.needs_upgrade() and store.revision() == SCHEMA_HEAD
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"voices", "clips", "conditionals", "meta", "clip_vectors", "voice_vectors", "changes"} <= tables
+    store.close()
