@@ -107,6 +107,38 @@ def test_adds_and_removals_update_each_kind_in_place(
 
 
 @pytest.mark.parametrize("exact_max", ["0", "1000"], ids=["ivf", "flat"])
+def test_another_processs_changes_reach_a_loaded_index_through_the_change_log(
+    standin: Path, monkeypatch: pytest.MonkeyPatch, builds: list[str], exact_max: str
+):
+    """A reader whose index is loaded applies the voices another writer changed, in place, for either kind."""
+    monkeypatch.setenv("VOICEDB_INDEX_EXACT_MAX", exact_max)
+    writer, reader = VoiceDB(), VoiceDB()
+    ids = add_voices(writer, 3)
+    assert nearest_is_itself(reader, ids)
+    built = len(builds)
+    ids += add_voices(writer, 2, first=3)
+    writer.remove(ids.pop(0))
+    assert nearest_is_itself(reader, ids)
+    assert len(builds) == built, "the reader rebuilt its index instead of applying the change log"
+    assert kind_of(reader.context.index._index) == (IVF if exact_max == "0" else FLAT)
+
+
+def test_a_reader_further_behind_than_the_change_log_rebuilds(
+    standin: Path, monkeypatch: pytest.MonkeyPatch, builds: list[str]
+):
+    import voicedb.store
+
+    monkeypatch.setattr(voicedb.store, "CHANGE_LOG_GENERATIONS", 2)
+    writer, reader = VoiceDB(), VoiceDB()
+    ids = add_voices(writer, 1)
+    assert nearest_is_itself(reader, ids)
+    ids += add_voices(writer, 3, first=1)
+    built = len(builds)
+    assert nearest_is_itself(reader, ids)
+    assert len(builds) > built
+
+
+@pytest.mark.parametrize("exact_max", ["0", "1000"], ids=["ivf", "flat"])
 def test_an_index_deleted_after_removals_is_rebuilt_without_the_removed_voices(
     standin: Path, monkeypatch: pytest.MonkeyPatch, exact_max: str
 ):
