@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
 LAYERS = [
     {"errors", "files", "faults", "records"},
     {"config", "matchers"},
-    {"flavours", "audio", "speech", "bundle", "store", "locks", "weights"},
+    {"flavours", "audio", "speech", "bundle", "store", "locks", "objects", "weights"},
     {"voice_encoder", "campplus"},
     {"weight_sources"},
     {"index", "engine", "embeddings"},

@@ -913,11 +913,11 @@ def import_(
 
 
 @cli.command()
-@click.option("--repair", is_flag=True, help="Fix what can be fixed from SQLite and the kept audio.")
+@click.option("--repair", is_flag=True, help="Fix what can be fixed from the database and the kept audio.")
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 @click.pass_context
 def check(ctx: click.Context, repair: bool, as_json: bool) -> None:
-    """Verify the library: index, files and embeddings against SQLite.
+    """Verify the library: index, files and embeddings against the database.
 
     Exits 1 when problems remain (after --repair: problems it could not fix).
     """

@@ -15,7 +15,6 @@ caches what it reads in ``<home>/cache/objects``.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -217,8 +216,3 @@ def open_objects(home: Path, url: str | None) -> LocalObjects | RemoteObjects:
     objects = RemoteObjects(url, home / CACHE_DIR)
     objects.check_reachable()
     return objects
-
-
-def copy_into(source: Path) -> Callable[[Path], None]:
-    """A ``put`` writer that copies ``source``'s bytes."""
-    return lambda temp: shutil.copyfile(source, temp)
