@@ -74,6 +74,22 @@ def test_another_machine_finds_a_new_voice_by_applying_only_the_change(
         assert rebuilds == []
 
 
+def test_another_machine_drops_the_loaded_conditionals_of_a_voice_changed_elsewhere(
+    backend: Backend, speakers, tmp_path: Path
+):
+    clips = list(speakers.values())
+    kept, removed = (add(str(clip), "--name", f"voice{n}") for n, (clip, *_) in enumerate(clips[:2]))
+    with other_machine(backend, tmp_path) as other:
+        cache = other._conditionals
+        pks = {voice_id: pk for pk, (voice_id, _) in other._catalog.by_pks(range(1, 100)).items()}
+        for voice in (kept, removed):  # as if each had been spoken with there
+            cache._cache[(pks[voice["id"]], "english")] = (f"conds/{voice['id']}.english.pt", object())
+        assert other.context.index.size() == 2
+        assert run("rm", removed["id"]).exit_code == 0
+        assert other.context.index.size() == 1  # what any search does first: catch up with the library
+        assert list(cache._cache) == [(pks[kept["id"]], "english")]
+
+
 def test_writers_on_two_machines_are_serialised_and_nothing_is_lost(backend: Backend, speakers, tmp_path: Path):
     clips = [clip for speaker in speakers.values() for clip in speaker][:8]
     with VoiceDB() as here, other_machine(backend, tmp_path) as other:

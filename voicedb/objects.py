@@ -149,6 +149,8 @@ class RemoteObjects:
         (self.cache / relative).unlink(missing_ok=True)
         try:
             self._call(self.fs.rm_file, self._key(relative))
+        except FileNotFoundError:
+            pass
         except LibraryError:
             if self.exists(relative):
                 raise
