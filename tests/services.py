@@ -50,6 +50,22 @@ def postgres_bin() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Wait for a ``voicedb serve`` process to answer ``/ready`` with 200 (its models loaded)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, "voicedb serve exited before it was ready"
+        assert time.monotonic() < deadline, "voicedb serve did not come up"
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
 @dataclass
 class Postgres:
     """A running PostgreSQL server; ``database()`` makes a fresh, empty database and returns its URL."""

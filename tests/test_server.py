@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import openai
 import pytest
 import soundfile
 from conftest import run
+from services import free_port, wait_until_ready
 
 from voicedb import VoiceDB
 from voicedb.server import ServerSettings, create_app
@@ -32,12 +32,6 @@ TOKENS = 8  # speech tokens per sentence chunk: a third of a second, quick on a 
 RATE = 24_000
 #: Long enough for three chunks of text (they hold up to 300 characters).
 THREE_CHUNKS = "A sentence of some length that goes on for a while, as sentences in stories do. " * 9
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -496,15 +490,7 @@ def test_voicedb_serve_preloads_and_finishes_requests_in_flight_on_sigterm(
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "voicedb serve did not come up"
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_until_ready(url, process)
         assert httpx.get(f"{url}/ready", timeout=10).json()["matcher"] == library.matcher()
         body = {"model": "tts-1", "voice": library.list()[0].id, "input": THREE_CHUNKS, "response_format": "wav"}
         with ThreadPoolExecutor(1) as pool:

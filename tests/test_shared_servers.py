@@ -17,7 +17,7 @@ import httpx
 import pytest
 import soundfile
 from conftest import run
-from services import free_port
+from services import free_port, wait_until_ready
 
 TOKENS = 8  # speech tokens per sentence chunk: quick on a CPU
 START_TIMEOUT_S = 180
@@ -48,19 +48,10 @@ def server(env: dict[str, str], home: Path, crash_at: str | None = None) -> Iter
     if crash_at:
         process_env["VOICEDB_CRASH_AT"] = crash_at
     command = [sys.executable, "-m", "voicedb", "serve", "--port", str(port), "--preload", "--max-tokens", str(TOKENS)]
-    process = subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_ready(url, process, START_TIMEOUT_S)
         yield url, process
     finally:
         process.terminate()

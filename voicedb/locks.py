@@ -35,67 +35,85 @@ class WriterLock(Protocol):
         """Context manager yielding whether the lock was free right now (it is held inside if so)."""
 
 
-class FileWriterLock:
-    """A lock file (``filelock``) for other processes, plus a reentrant lock for this process's threads."""
+class ProcessLock:
+    """A writer lock from a lock between processes (``_acquire``/``_release``, which only the thread holding
+    ``_threads`` calls), plus a reentrant lock for this process's threads."""
 
-    def __init__(self, path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
-        from filelock import FileLock
-
-        self.path = path
+    def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._threads = threading.RLock()
-        # Only the thread holding ``_threads`` touches the file lock, so its counter need not be per thread.
-        self._file = FileLock(str(path), thread_local=False)
+
+    def _acquire(self, timeout_s: float) -> bool:
+        """Take the lock between processes, waiting up to ``timeout_s``; whether it was taken."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        from filelock import Timeout
-
         if not self._threads.acquire(timeout=self.timeout_s):
             raise LibraryError(f"another thread has held the library for {self.timeout_s:.0f} s; try again.")
         try:
-            try:
-                self._file.acquire(timeout=self.timeout_s)
-            except Timeout:
+            if not self._acquire(self.timeout_s):
                 raise LibraryError(
                     f"another voicedb process has held the library for {self.timeout_s:.0f} s; try again."
-                ) from None
+                )
             try:
                 yield
             finally:
-                self._file.release()
+                self._release()
         finally:
             self._threads.release()
 
     @contextmanager
     def try_held(self) -> Iterator[bool]:
-        from filelock import Timeout
-
         if not self._threads.acquire(blocking=False):
             yield False
             return
         try:
-            try:
-                self._file.acquire(timeout=0)
-            except Timeout:
+            if not self._acquire(0):
                 yield False
                 return
             try:
                 yield True
             finally:
-                self._file.release()
+                self._release()
         finally:
             self._threads.release()
 
 
-class AdvisoryWriterLock:
-    """A PostgreSQL session-level advisory lock on a connection of its own, plus a reentrant lock for this
-    process's threads. Only the thread holding ``_threads`` touches ``_connection`` and ``_depth``."""
+class FileWriterLock(ProcessLock):
+    """A lock file (``filelock``) beside a SQLite library."""
+
+    def __init__(self, path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        from filelock import FileLock
+
+        super().__init__(timeout_s)
+        self.path = path
+        # Only the thread holding ``_threads`` touches the file lock, so its counter need not be per thread.
+        self._file = FileLock(str(path), thread_local=False)
+
+    def _acquire(self, timeout_s: float) -> bool:
+        from filelock import Timeout
+
+        try:
+            self._file.acquire(timeout=timeout_s)
+        except Timeout:
+            return False
+        return True
+
+    def _release(self) -> None:
+        self._file.release()
+
+
+class AdvisoryWriterLock(ProcessLock):
+    """A PostgreSQL session-level advisory lock on a connection of its own. Reentrant: ``_depth`` counts
+    how often the holding thread took it."""
 
     def __init__(self, engine: Engine, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        super().__init__(timeout_s)
         self.engine = engine
-        self.timeout_s = timeout_s
-        self._threads = threading.RLock()
         self._connection: Any = None
         self._depth = 0
 
@@ -144,35 +162,3 @@ class AdvisoryWriterLock:
         self._depth -= 1
         if not self._depth:
             self._unlock()
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        if not self._threads.acquire(timeout=self.timeout_s):
-            raise LibraryError(f"another thread has held the library for {self.timeout_s:.0f} s; try again.")
-        try:
-            if not self._acquire(self.timeout_s):
-                raise LibraryError(
-                    f"another voicedb process has held the library for {self.timeout_s:.0f} s; try again."
-                )
-            try:
-                yield
-            finally:
-                self._release()
-        finally:
-            self._threads.release()
-
-    @contextmanager
-    def try_held(self) -> Iterator[bool]:
-        if not self._threads.acquire(blocking=False):
-            yield False
-            return
-        try:
-            if not self._acquire(0):
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                self._release()
-        finally:
-            self._threads.release()
