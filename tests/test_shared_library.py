@@ -203,3 +203,17 @@ def test_a_dead_writer_leaves_no_lock_behind(backend: Backend, speakers):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_unreachable_database_or_storage_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from services import free_port
+
+    home = ["--home", str(tmp_path / "home")]
+    nowhere = f"postgresql+psycopg://voicedb@127.0.0.1:{free_port()}/voicedb"
+    assert run_fails(*home, "--database-url", nowhere, "list").startswith(f"Error: cannot reach database {nowhere}: ")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    assert run_fails(*home, "--storage-url", "s3://voices/library", "list").startswith(
+        "Error: cannot reach storage s3://voices/library: "
+    )

@@ -299,7 +299,10 @@ class Store:
         try:
             return current_revision(self.engine)
         except (DatabaseError, OperationalError) as exc:
-            raise LibraryError(f"{self.name} is not a readable voicedb database ({exc.orig}).") from exc
+            reason = " ".join(str(exc.orig).split())  # drivers write several lines; errors here are one
+            if isinstance(exc, OperationalError) and not self.is_sqlite:
+                raise LibraryError(f"cannot reach database {self.name}: {reason}") from exc
+            raise LibraryError(f"{self.name} is not a readable voicedb database ({reason}).") from exc
 
     @property
     def name(self) -> str:
@@ -323,7 +326,7 @@ class Store:
         try:
             upgrade_to_head(self.engine)
         except (DatabaseError, OperationalError) as exc:
-            raise LibraryError(f"cannot upgrade {self.name}: {exc.orig}") from exc
+            raise LibraryError(f"cannot upgrade {self.name}: {' '.join(str(exc.orig).split())}") from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
