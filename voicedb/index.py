@@ -358,15 +358,18 @@ class VoiceIndex:
     def _apply(
         self, generation: int, matcher: str, add: Iterable[tuple[int, np.ndarray]], remove: Iterable[int]
     ) -> None:
-        if self._index is None or (self._generation, self._matcher) != (generation - 1, matcher):
-            self._current(rebuild=False)  # from the file or the change log, or rebuilt: the change is committed
-            return
-        update(self._index, add, remove)
-        if misfit(self._index, self.exact_max):  # no longer the kind its size calls for: rebuild from the truth
+        if self._index is not None and (self._generation, self._matcher) == (generation - 1, matcher):
+            index = self._index
+            update(index, add, remove)
+            if misfit(index, self.exact_max):  # no longer the kind its size calls for: rebuild from the truth
+                with self.store.session() as session:
+                    index = self._built(session, matcher)
+        else:  # from the saved file and the change log (which holds this change too), or rebuilt
             with self.store.session() as session:
-                self._index = self._built(session, matcher)
-        self._generation = generation
-        self.files.save(self._index, generation, matcher)
+                found = self._caught_up(session, generation, matcher)
+                index = found[0] if found is not None else self._built(session, matcher)
+        self._index, self._generation, self._matcher = index, generation, matcher
+        self.files.save(index, generation, matcher)
 
     def rebuild(self) -> None:
         """Rebuild from the store and save (caller holds the writer lock): ``check --repair``, a new matcher."""

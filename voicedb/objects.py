@@ -110,8 +110,9 @@ class RemoteObjects:
 
         self.name = url.rstrip("/")
         try:
-            # no listings cache: other machines add and remove objects behind this process's back
-            self.fs, root = fsspec.core.url_to_fs(self.name, use_listings_cache=False)
+            # no listings cache: other machines add and remove objects behind this process's back; no shared
+            # instance: each library reads the endpoint and credentials the environment has when it opens
+            self.fs, root = fsspec.core.url_to_fs(self.name, use_listings_cache=False, skip_instance_cache=True)
         except (ImportError, ValueError) as exc:
             raise LibraryError(f"cannot use storage {url}: {exc}") from exc
         self.root = root.rstrip("/")
