@@ -55,11 +55,11 @@ class LibraryContext:
             raise LibraryError(f"cannot create library directory {home}: {exc.strerror}.") from exc
         if not home.is_dir():
             raise LibraryError(f"{home} is not a directory.")
+        self.objects: Objects = open_objects(home, storage_url)
         self.store = Store(database_url or sqlite_url(home / DB_FILE))
         self.writer: WriterLock = (
             FileWriterLock(home / LOCK_FILE) if self.store.is_sqlite else AdvisoryWriterLock(self.store.engine)
         )
-        self.objects: Objects = open_objects(home, storage_url)
         #: Called with the primary keys of voices another process changed (``None``: any), once this one sees it.
         self.on_voices_changed: list[Callable[[set[int] | None], None]] = []
         self.index = VoiceIndex(IndexFiles(home), self.store, self.writer, self._voices_changed)
@@ -99,17 +99,15 @@ class LibraryContext:
         store = Store(database_url or sqlite_url(home / DB_FILE))
         try:
             before = store.revision()
-            if store.is_sqlite:
-                store.close()
-                cls(home).close()
-                return before, SCHEMA_HEAD
-            if store.needs_upgrade():
+            if not store.is_sqlite and store.needs_upgrade():
                 with AdvisoryWriterLock(store.engine).held():
                     if store.needs_upgrade():
                         store.upgrade()
-            return before, SCHEMA_HEAD
         finally:
             store.close()
+        if store.is_sqlite:
+            cls(home).close()  # opening a SQLite library migrates it
+        return before, SCHEMA_HEAD
 
     def _upgrade(self) -> None:
         self.require_writable()
