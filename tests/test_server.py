@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -262,7 +263,8 @@ def test_eight_concurrent_requests_over_two_voices_each_get_their_own_voice(clie
 def test_voice_and_model_listings_have_the_shapes_clients_read(server: str, library: VoiceDB):
     voices = httpx.get(f"{server}/v1/audio/voices").json()
     assert voices == {"voices": [{"id": v.id, "name": v.name} for v in library.list()]}
-    assert {"id": "tts-1"} in httpx.get(f"{server}/v1/audio/models").json()["models"]
+    listed_models = [m["id"] for m in httpx.get(f"{server}/v1/audio/models").json()["models"]]
+    assert listed_models[0] == "english" and {"multilingual", "turbo", "tts-1"} <= set(listed_models)
     models = openai.OpenAI(base_url=f"{server}/v1", api_key="x").models.list()
     assert "english" in [m.id for m in models.data]
     detailed = httpx.get(f"{server}/v1/voices").json()["voices"]
@@ -290,6 +292,15 @@ def test_upload_list_match_rename_export_import_and_delete_a_voice(
         assert isinstance(voice["warnings"], list) and voice["clips"] == 1
 
         assert http.post("/v1/voices", files=files, data={"name": "other"}).status_code == 409  # same clip
+        checked = http.post("/v1/voices", files=[("file", (query.name, query.read_bytes()))], data={"dry_run": "true"})
+        assert (
+            checked.status_code == 201 and checked.json()["id"] == "" and isinstance(checked.json()["warnings"], list)
+        )
+        kept = http.get(f"/v1/voices/{voice['id']}").json()["clip_files"]
+        played = http.get(f"/v1/voices/{voice['id']}/clips/{kept[0]['sha256']}")
+        assert played.status_code == 200 and played.headers["content-type"] == "audio/flac"
+        assert hashlib.sha256(played.content).hexdigest() == kept[0]["sha256"]
+        assert http.get(f"/v1/voices/{voice['id']}/clips/{'0' * 64}").status_code == 404
         taken = http.post("/v1/voices", files=[("file", (query.name, query.read_bytes()))], data={"name": "carol"})
         assert taken.status_code == 409 and fmt_error(taken)["code"] == "name_taken"
 

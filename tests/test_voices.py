@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from conftest import library_digest, list_json, run, run_fails
 
 
@@ -29,6 +30,25 @@ def test_add_prints_a_short_id_and_the_name(standin: Path, speakers):
     result = run("add", str(clip), "--name", "alice", "--no-conditionals")
     assert result.exit_code == 0, result.output
     assert re.fullmatch(r"added voice [0-9a-f]{8} alice \(1 clip, \d+\.\d s\)\n", result.stdout)
+
+
+def test_a_dry_run_prints_the_warnings_and_changes_nothing(standin: Path, speakers, tmp_path: Path):
+    clip = next(iter(speakers.values()))[0]
+    short = tmp_path / "short.wav"
+    samples, rate = soundfile.read(str(clip), dtype="float32")
+    soundfile.write(str(short), samples[: 2 * rate], rate)
+    run("init")
+    before = library_digest(standin)
+    result = run("add", str(short), "--name", "alice", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"would enroll new voice alice \(1 clip, 2\.0 s\): nothing changed\n", result.stdout)
+    assert "short.wav: 2.0 s is shorter than" in result.stderr
+    assert library_digest(standin) == before and list_json() == []
+
+    voice = add(str(clip), "--name", "bob")
+    preview = json.loads(run("add", str(short), "--voice", "bob", "--tag", "new", "--dry-run", "--json").stdout)
+    assert preview["id"] == voice["id"] and preview["clips"] == 2 and preview["tags"] == ["new"]
+    assert [v["clips"] for v in list_json()] == [1]
 
 
 def test_several_clips_make_one_voice_and_tags_are_kept(standin: Path, multi_clip_speakers):

@@ -524,6 +524,19 @@ class Catalog:
                 "encoder": row.encoder,
             }
 
+    def kept_clip(self, ref: str, sha256: str) -> Path:
+        """A local file holding one of a voice's kept clips (by its SHA-256, as ``details`` lists them), to play."""
+        with self.ctx.store.session() as session:
+            row = self.row(session, ref)
+            clip = next((c for c in row.clips if c.sha256 == sha256), None)
+            if clip is None:
+                raise VoiceNotFound(f"voice {row.id} has no kept clip {sha256[:12]!r}.")
+            voice_id, relative = row.id, clip.file
+        path = self.ctx.objects.fetch(relative, sha256)
+        if path is None:
+            raise LibraryError(f"kept clip {relative} of voice {voice_id} is missing or corrupt; run `voicedb check`.")
+        return path
+
     def vector(self, ref: str) -> np.ndarray:
         """A voice's stored embedding (float32, (256,))."""
         with self.ctx.store.session() as session:

@@ -247,6 +247,7 @@ def database_status(ctx: click.Context, as_json: bool) -> None:
     help="Compute the model's conditionals now (default for one voice), or at the first `speak` (default in bulk).",
 )
 @click.option("--strict", is_flag=True, help="Refuse clips with quality warnings instead of warning.")
+@click.option("--dry-run", is_flag=True, help="Check and embed the clips, print the warnings, enroll nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def add(
@@ -262,6 +263,7 @@ def add(
     language: str | None,
     conditionals: bool | None,
     strict: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Enroll a voice from one or more clips of one speaker, or many voices at once.
@@ -277,7 +279,7 @@ def add(
     Run it again after Ctrl-C or a crash: voices already enrolled (by name) are skipped.
     """
     if tree is not None or manifest is not None:
-        if paths or name or voice_ref or language or strict or (tree is not None and manifest is not None):
+        if paths or name or voice_ref or language or strict or dry_run or (tree is not None and manifest is not None):
             raise click.UsageError("--each or --manifest enrolls many voices: give no PATHS, --name, --voice, ...")
         add_many(ctx, tree, manifest, workers, tags, model, bool(conditionals), as_json)
         return
@@ -297,12 +299,18 @@ def add(
             language=language,
             conditionals=not no_conditionals,
             strict=strict,
+            dry_run=dry_run,
             progress=hook,
         )
     for message in result.warnings:
         warn(message)
     if as_json:
         emit_json(result.to_dict())
+        return
+    if dry_run:
+        v = result.voice
+        target = f"new voice {v.name}" if result.created else f"voice {v.id} {v.name}"
+        click.echo(f"would enroll {target} ({v.clips} clip{'s' * (v.clips != 1)}, {v.seconds:.1f} s): nothing changed")
         return
     verb = "added voice" if result.created else "updated voice"
     v = result.voice

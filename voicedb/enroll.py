@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from .faults import crash_point
 from .flavours import flavour_named
 from .matchers import MATCHER_KEY, ClipVectors, check_matcher, encoders_of, fuse_clips, mean_embedding, voice_parts
 from .matching import Matcher
-from .records import AddResult
+from .records import AddResult, Voice
 from .store import ClipRow, MetaRow, utcnow
 
 #: ``progress(done, total, label)`` is called as multi-step work advances.
@@ -86,6 +87,7 @@ class Enrollment:
         language: str | None = None,
         conditionals: bool = True,
         strict: bool = False,
+        dry_run: bool = False,
         progress: ProgressHook | None = None,
     ) -> AddResult:
         """Enroll clips as a new voice, or (``voice=``) add them to an existing one; see ``VoiceDB.add``."""
@@ -121,6 +123,10 @@ class Enrollment:
             raise QualityError("refused (--strict): " + "; ".join(warnings) + ".")
         if notice := self.matcher.fallback_notice():
             warnings.append(notice)
+        if dry_run:
+            return AddResult(
+                self._preview(voice, name, tags, language, clips), voice is None, [c.name for c in clips], warnings
+            )
         prepared = None
         if conditionals:
             if progress:
@@ -154,6 +160,23 @@ class Enrollment:
             change.session.flush()
             result = AddResult(voice_record(row), voice_id is None, [c.name for c in clips], warnings)
         return result
+
+    def _preview(
+        self, voice: str | None, name: str | None, tags: Sequence[str], language: str | None, clips: list[LoadedClip]
+    ) -> Voice:
+        """The voice as ``add`` would leave it, for a dry run: a new one has no id yet."""
+        seconds = sum(clip.duration_s for clip in clips)
+        if voice is None:
+            now = utcnow()
+            return Voice("", name or "", sorted(set(tags)), len(clips), round(seconds, 2), [], language, now, now)
+        current = self.catalog.get(voice)
+        return replace(
+            current,
+            tags=sorted({*current.tags, *tags}),
+            clips=current.clips + len(clips),
+            seconds=round(current.seconds + seconds, 2),
+            language=language or current.language,
+        )
 
     def _embed_all(
         self, sources: Sequence[AudioSource], min_seconds: float, matcher: str, progress: ProgressHook | None

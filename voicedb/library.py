@@ -146,6 +146,11 @@ class VoiceDB:
         """One voice by id, name or unique id prefix (at least 4 characters)."""
         return self._catalog.get(ref)
 
+    def clip_file(self, ref: str, sha256: str) -> Path:
+        """A local file with one of the voice's kept reference clips (``details()["clip_files"]`` lists them by
+        SHA-256): to play or copy it. From object storage, it is downloaded once and verified."""
+        return self._catalog.kept_clip(ref, sha256)
+
     def details(self, ref: str) -> dict[str, Any]:
         """Everything stored about a voice, and the threshold ``match`` applies with where it comes from
         (``threshold``, ``threshold_source``): what ``voicedb show`` prints."""
@@ -185,6 +190,7 @@ class VoiceDB:
         language: str | None = None,
         conditionals: bool = True,
         strict: bool = False,
+        dry_run: bool = False,
         progress: ProgressHook | None = None,
     ) -> AddResult:
         """Enroll clips of one speaker as a new voice, or (``voice=``) add them to an existing one.
@@ -194,7 +200,9 @@ class VoiceDB:
         clip and saved in the same change (otherwise on first use). ``strict`` turns quality
         warnings into a ``QualityError``. Directories are searched for audio files. ``language``
         records the language the voice speaks (see ``set_language``; with ``voice=`` it replaces the
-        stored one), checked before any audio is read.
+        stored one), checked before any audio is read. ``dry_run`` decodes, checks and embeds the clips and
+        returns the warnings and the voice as it would be (a new one without an id), changing nothing:
+        what a user sees before confirming.
         """
         return self._enrollment.add(
             audio,
@@ -205,6 +213,7 @@ class VoiceDB:
             language=language,
             conditionals=conditionals,
             strict=strict,
+            dry_run=dry_run,
             progress=progress,
         )
 

@@ -24,7 +24,8 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..audio import AudioSource
@@ -45,6 +46,18 @@ OPENAI_VOICES = frozenset(
 #: Model names OpenAI clients send; any string is accepted, these are the ones listed.
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT_CHARS = 4096
+#: The web page's files, shipped in the wheel: plain HTML, CSS and JavaScript, no build step.
+STATIC = Path(__file__).with_name("static")
+#: Media types of the kept clips' suffixes, for players.
+CLIP_TYPES = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".mp3": "audio/mpeg",
+    ".m4a": "audio/mp4",
+    ".webm": "audio/webm",
+}
 SPEECH_TOKENS_PER_SECOND = 25
 
 log = logging.getLogger("voicedb.server")
@@ -76,6 +89,7 @@ class SpeechRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    #: An OpenAI name (the server's model) or a Chatterbox flavour (``english``, ``multilingual``, ``turbo``).
     model: str = "tts-1"
     input: str = Field(max_length=MAX_INPUT_CHARS)
     voice: str | VoiceId
@@ -129,6 +143,14 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     errors.install(app)
     authorised = [Depends(require_api_key(settings.api_key))]
 
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The web page: voices, enrolling, speaking and matching from a browser (``static/``); open to all, the
+        API it calls asks for the key."""
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/health", tags=["service"])
     def health() -> dict[str, str]:
         """Liveness: the process answers."""
@@ -159,7 +181,8 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
 
         def open_stream():
             voice = resolve_voice(db, requested, settings.default_voice)
-            return db.speak_stream(voice, request.input, model=settings.model, settings=options, seed=request.seed)
+            flavour = request.model if request.model in FLAVOURS else settings.model  # "tts-1": the server's
+            return db.speak_stream(voice, request.input, model=flavour, settings=options, seed=request.seed)
 
         pieces = queue.stream(open_stream)
         first = await anext(pieces)  # errors before any audio get their status here
@@ -206,7 +229,10 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/v1/audio/models", tags=["openai"], dependencies=authorised)
     def audio_models() -> dict[str, list[dict[str, str]]]:
-        return {"models": [{"id": name} for name in (settings.model, *OPENAI_MODELS)]}
+        """The server's model first, then the other Chatterbox flavours a request may name as its ``model``
+        (loaded on first use, if the checkpoint has them), then OpenAI's names (all meaning the server's)."""
+        flavours = [settings.model, *(name for name in FLAVOURS if name != settings.model)]
+        return {"models": [{"id": name} for name in (*flavours, *OPENAI_MODELS)]}
 
     @app.get("/v1/models", tags=["openai"], dependencies=authorised)
     def models() -> dict[str, Any]:
@@ -237,15 +263,17 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         name: Annotated[str | None, Form()] = None,
         tags: Annotated[str | None, Form(description="Comma-separated tags.")] = None,
         language: Annotated[str | None, Form()] = None,
+        dry_run: Annotated[bool, Form(description="Check the clips and return the warnings; enroll nothing.")] = False,
     ) -> dict[str, Any]:
-        """Enroll a voice from uploaded clips; quality warnings come back in ``warnings``."""
+        """Enroll a voice from uploaded clips; quality warnings come back in ``warnings``. With ``dry_run`` the
+        clips are only checked (status 201 all the same): what the web page shows before the user confirms."""
         sources = [
             AudioSource(upload.filename or f"upload-{n + 1}", data=await upload.read()) for n, upload in enumerate(file)
         ]
         tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
         name = name or Path(sources[0].name).stem  # as the CLI names a voice after its first file
         result = await uploads.run(
-            lambda: db.add(sources, name=name, tags=tag_list, language=language, model=settings.model)
+            lambda: db.add(sources, name=name, tags=tag_list, language=language, model=settings.model, dry_run=dry_run)
         )
         return result.to_dict()
 
@@ -268,6 +296,12 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     def delete_voice(ref: str) -> dict[str, Any]:
         (removed,) = db.remove(ref)
         return {"id": removed.id, "name": removed.name, "deleted": True}
+
+    @app.get("/v1/voices/{ref}/clips/{sha256}", tags=["voices"], dependencies=authorised)
+    def voice_clip(ref: str, sha256: str) -> FileResponse:
+        """One of the voice's kept reference clips, as it was enrolled (``clip_files`` in the voice lists them)."""
+        path = db.clip_file(ref, sha256)
+        return FileResponse(path, media_type=CLIP_TYPES.get(path.suffix.lower(), "application/octet-stream"))
 
     @app.get("/v1/voices/{ref}/similar", tags=["matching"], dependencies=authorised)
     async def similar_voices(ref: str, k: Annotated[int, Query(ge=1, le=100)] = 5) -> dict[str, Any]:
