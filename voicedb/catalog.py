@@ -43,14 +43,14 @@ from .index import Space
 from .matchers import CHATTERBOX, CHECKSUM_KEYS, ClipVectors, encoders_of, fuse, mean_embedding
 from .objects import CLIPS_DIR, Objects
 from .records import Voice
-from .store import ClipRow, ClipVectorRow, MetaRow, VoiceRow, VoiceVectorRow, utcnow
+from .store import AliasRow, ClipRow, ClipVectorRow, MetaRow, VoiceRow, VoiceVectorRow, utcnow
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{8}$")
 #: The shortest start of an id that ``resolve`` accepts (shorter prefixes are too often ambiguous).
 MIN_PREFIX = 4
 MAX_NAME = 100
 #: Loads a voice's clips and conditionals with it: what every caller of a voice row reads.
-WITH_FILES = (selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals))
+WITH_FILES = (selectinload(VoiceRow.clips), selectinload(VoiceRow.conditionals), selectinload(VoiceRow.aliases))
 #: Voices read per query when a listing is streamed; rows per INSERT of a bulk import.
 PAGE_ROWS = 1000
 BULK_ROWS = 10_000
@@ -124,6 +124,8 @@ def voice_record(row: VoiceRow) -> Voice:
         language=row.language,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        aliases=[alias.alias for alias in row.aliases],
+        blend=row.blend,
     )
 
 
@@ -413,6 +415,10 @@ class Catalog:
             row = session.scalars(select(VoiceRow).where(column == ref).options(*WITH_FILES)).first()
             if row is not None:
                 return row
+        aliased = select(AliasRow.voice_pk).where(AliasRow.alias == ref)
+        row = session.scalars(select(VoiceRow).where(VoiceRow.pk.in_(aliased)).options(*WITH_FILES)).first()
+        if row is not None:
+            return row
         if len(ref) >= MIN_PREFIX and re.fullmatch(r"[0-9a-f]+", ref):
             # a range, not LIKE: SQLite's case-insensitive LIKE cannot use the id index
             within = (VoiceRow.id >= ref, VoiceRow.id < ref + "g")  # "g" sorts after every hex digit
@@ -563,6 +569,8 @@ class Catalog:
             raise NameTaken(
                 f"a voice named {name!r} already exists; choose another name or use --voice to add clips to it."
             )
+        if session.get(AliasRow, name) is not None:
+            raise NameTaken(f"{name!r} is an alias of another voice; choose another name or `voicedb alias rm {name}`.")
         return None
 
     # -- changing ----------------------------------------------------------------------------
@@ -576,6 +584,47 @@ class Catalog:
                 row.name, row.updated_at = new_name, utcnow()
             renamed = voice_record(row)
         return renamed
+
+    def add_alias(self, alias: str, ref: str) -> Voice:
+        """Make ``alias`` another name of voice ``ref`` (an alias already held by another voice moves to this
+        one); refused where it is a voice's name, since a name must mean one voice."""
+        alias = check_name(alias)
+        with self.write("alias") as change:
+            row = self.row(change.session, ref)
+            if change.session.scalar(select(VoiceRow.id).where(VoiceRow.name == alias)) is not None:
+                raise NameTaken(f"{alias!r} is the name of a voice; an alias cannot hide it.")
+            held = change.session.get(AliasRow, alias)
+            if held is None:
+                row.aliases.append(AliasRow(alias=alias))
+            elif held.voice_pk != row.pk:
+                held.voice_pk = row.pk
+                change.session.flush()
+                change.session.expire(row, ["aliases"])
+            aliased_voice = voice_record(row)
+        return aliased_voice
+
+    def remove_alias(self, alias: str) -> Voice:
+        """Forget an alias; returns the voice it named."""
+        with self.write("alias") as change:
+            held = change.session.get(AliasRow, alias.strip())
+            if held is None:
+                raise VoiceNotFound(f"no alias {alias.strip()!r} (see `voicedb alias list`).")
+            row = change.session.get(VoiceRow, held.voice_pk)
+            row.aliases.remove(held)
+            change.session.flush()
+            voice = voice_record(row)
+        return voice
+
+    def aliases(self) -> dict[str, Voice]:
+        """Every alias and the voice it names, by alias."""
+        with self.ctx.store.session() as session:
+            found = session.execute(
+                select(AliasRow.alias, VoiceRow)
+                .join(VoiceRow, VoiceRow.pk == AliasRow.voice_pk)
+                .options(*WITH_FILES)
+                .order_by(AliasRow.alias)
+            ).all()
+            return {alias: voice_record(row) for alias, row in found}
 
     def update_tags(self, ref: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Voice:
         """Add and remove tags of a voice."""

@@ -546,13 +546,16 @@ def show(ctx: click.Context, voice: str, as_json: bool) -> None:
     if as_json:
         emit_json(details)
         return
-    for key in ("id", "name", "tags", "clips", "seconds", "models", "language", "created_at", "updated_at"):
+    keys = ("id", "name", "aliases", "tags", "clips", "seconds", "models", "language", "created_at", "updated_at")
+    for key in keys:
         value = details[key]
-        if value is None:  # no language set
+        if value is None or (key == "aliases" and not value):  # no language set, no aliases
             continue
         if key == "clips" and not value:
             value = "none" if details["models"] else f"none (add clips with `voicedb add CLIP --voice {details['id']}`)"
         click.echo(f"{key + ':':<12}{', '.join(value) if isinstance(value, list) else value}")
+    if details["blend"]:
+        click.echo(f"{'blend of:':<12}{blend_sources(details['blend'])}")
     for clip in details["clip_files"]:
         click.echo(f"  clip  {clip['file']}  ({clip['source']}, {clip['seconds']} s, {clip['sample_rate']} Hz)")
     for conds in details["conditionals"]:
@@ -648,6 +651,87 @@ def rename(ctx: click.Context, voice: str, new_name: str) -> None:
     """Rename VOICE to NEW_NAME (its id stays the same)."""
     v = library(ctx).rename(voice, new_name)
     click.echo(f"renamed voice {v.id} to {v.name}")
+
+
+def blend_sources(blend: dict[str, Any]) -> str:
+    """A blend's provenance in a line: ``alice 6c1f0a2e (0.7), bob 9d3e4b1a (0.3)``."""
+    return ", ".join(f"{s['name']} {s['id']} ({s['weight']:g})" for s in blend["sources"])
+
+
+@cli.command(name="blend")
+@click.argument("voices", nargs=-1, required=True)
+@click.option("--name", required=True, help="Name of the new voice.")
+@click.option(
+    "--weight",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    help="With two voices: the second one's share (default 0.5).",
+)
+@click.option("--tag", "tags", multiple=True, help="Tag the new voice (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new voice as JSON.")
+@click.pass_context
+def blend(
+    ctx: click.Context, voices: tuple[str, ...], name: str, weight: float | None, tags: tuple[str, ...], as_json: bool
+) -> None:
+    """Store a blend of VOICES as a new voice: speaker embeddings interpolated, the rest from the first.
+
+    \b
+    voicedb blend alice bob --name alibob               half of each
+    voicedb blend alice bob --weight 0.3 --name mostly-alice
+    voicedb blend 'alice(2)' 'bob(1)' carol --name trio  weights in parentheses, as `speak` takes them
+
+    `show` prints where a blend came from; it is matched by its blended embedding. Without storing it,
+    speak one with `voicedb speak --voice 'alice(2)+bob(1)' TEXT` (the server takes the same `voice`).
+    """
+    if weight is not None:
+        if len(voices) != 2:
+            raise click.UsageError("--weight needs exactly two voices; give more voices weights as 'NAME(W)'.")
+        voices = (f"{voices[0]}({1 - weight:g})", f"{voices[1]}({weight:g})")
+    if len(voices) < 2:
+        raise click.UsageError("a blend needs two or more voices.")
+    v = library(ctx).blend("+".join(voices), name=name, tags=tags)
+    if as_json:
+        emit_json(v.to_dict())
+    else:
+        click.echo(f"blended voice {v.id} {v.name} from {blend_sources(v.blend or {'sources': []})}")
+
+
+@cli.group()
+def alias() -> None:
+    """Other names a voice answers to: map the stock names clients send (alloy, nova, af_bella...) to
+    your voices, one by one. An alias works wherever a voice name does; it cannot be a voice's name."""
+
+
+@alias.command(name="add")
+@click.argument("voice")
+@click.argument("name")
+@click.pass_context
+def alias_add(ctx: click.Context, voice: str, name: str) -> None:
+    """Let VOICE answer to NAME too (`voicedb alias add alice alloy`); NAME moves from any other voice."""
+    v = library(ctx).alias(name, voice)
+    click.echo(f"{name} now names voice {v.id} {v.name}")
+
+
+@alias.command(name="rm")
+@click.argument("name")
+@click.pass_context
+def alias_remove(ctx: click.Context, name: str) -> None:
+    """Forget the alias NAME (the voice stays)."""
+    v = library(ctx).unalias(name)
+    click.echo(f"removed alias {name} of voice {v.id} {v.name}")
+
+
+@alias.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help='Print {"aliases": [{alias, id, name}]}.')
+@click.pass_context
+def alias_list(ctx: click.Context, as_json: bool) -> None:
+    """List every alias and the voice it names."""
+    found = [{"alias": name, "id": v.id, "name": v.name} for name, v in library(ctx).aliases().items()]
+    if as_json:
+        emit_json({"aliases": found})
+    elif not found:
+        click.echo("no aliases yet: `voicedb alias add VOICE NAME`", err=True)
+    for entry in found if not as_json else ():
+        click.echo(f"{entry['alias']:<20}{entry['id']}  {entry['name']}")
 
 
 @cli.command(name="language")

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import config
 from .audio import AudioInput
+from .blends import Blending
 from .bulk import BulkEnrollment, BulkResult, BulkVoice
 from .calibration import Thresholds
 from .catalog import Catalog
@@ -89,7 +90,8 @@ class VoiceDB:
         self._conditionals = ConditionalsStore(self._ctx, self._catalog)
         self._enrollment = Enrollment(self._ctx, self._catalog, self._conditionals, self._matcher, self._thresholds)
         self._bulk = BulkEnrollment(self._ctx, self._catalog, self._conditionals, self._matcher)
-        self._synthesizer = Synthesizer(self._ctx, self._catalog, self._conditionals)
+        self._blending = Blending(self._ctx, self._catalog, self._conditionals)
+        self._synthesizer = Synthesizer(self._ctx, self._catalog, self._conditionals, self._blending)
         self._portability = Portability(self._ctx, self._catalog, self._conditionals, self._enrollment)
 
     @property
@@ -167,6 +169,19 @@ class VoiceDB:
     def tag(self, ref: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Voice:
         """Add and remove tags of a voice."""
         return self._catalog.update_tags(ref, add, remove)
+
+    def alias(self, alias: str, ref: str) -> Voice:
+        """Let voice ``ref`` answer to ``alias`` too (``alloy`` for a client that only sends OpenAI's names);
+        an alias resolves wherever a name does. Refused where ``alias`` is a voice's name."""
+        return self._catalog.add_alias(alias, ref)
+
+    def unalias(self, alias: str) -> Voice:
+        """Forget an alias; returns the voice it named."""
+        return self._catalog.remove_alias(alias)
+
+    def aliases(self) -> dict[str, Voice]:
+        """Every alias, and the voice it names."""
+        return self._catalog.aliases()
 
     def set_language(self, ref: str, language: str | None) -> Voice:
         """Set the language a voice speaks (a multilingual model language id: "en", "fr", "ja", ...;
@@ -368,6 +383,12 @@ class VoiceDB:
         Consume it on one thread: it holds the engine's sampler until exhausted or closed.
         """
         return self._synthesizer.stream(ref, text, model=model, settings=settings or SynthesisSettings(), seed=seed)
+
+    def blend(self, spec: str, *, name: str, tags: Sequence[str] = ()) -> Voice:
+        """Store a blend of stored voices as a voice of its own: ``spec`` as ``voice`` takes it in speech
+        (``"alice+bob"``, ``"alice(0.7)+bob(0.3)"``; see ``voicedb.blends`` for what is interpolated). It
+        records its sources and weights (``Voice.blend``), and is matched by its blended speaker embedding."""
+        return self._blending.store(spec, name, list(tags), self._portability.insert)
 
     # -- exchange -----------------------------------------------------------------------------
     def export(

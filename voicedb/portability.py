@@ -56,6 +56,18 @@ def bundle_language(path: Path, manifest: dict[str, Any]) -> str | None:
         raise ImportRejected(f"{path}: {exc}") from None
 
 
+def bundle_blend(path: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """A blend's provenance as a bundle records it, checked like user input (most bundles have none)."""
+    blend = manifest.get("blend")
+    if blend is None:
+        return None
+    try:
+        sources = [{"id": str(s["id"]), "name": str(s["name"]), "weight": float(s["weight"])} for s in blend["sources"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ImportRejected(f"{path}: malformed blend in the manifest ({type(exc).__name__}).") from exc
+    return {"sources": sources}
+
+
 def refuse_repeats(path: Path, label: str, values: list[str]) -> None:
     seen: set[str] = set()
     for value in values:
@@ -124,6 +136,7 @@ class Portability:
                 "language": row.language,
                 "encoder": row.encoder,
                 "clips": clips,
+                **({"blend": row.blend} if row.blend else {}),
             }
         write_bundle(output, voice, members)
         return output
@@ -248,7 +261,7 @@ class Portability:
         encoder = self.ctx.library_encoder() or self.ctx.engine.encoder_checksum
         prepared = {flavour.name: Prepared(flavour.name, serialise(conds), IMPORTED, None)}
         warnings = self._duplicates([], vector)
-        voice = self._insert(name, [], vector, encoder, prepared, [])
+        voice = self.insert(name, [], vector, encoder, prepared, [])
         return AddResult(voice, True, [], warnings)
 
     def _import_bundle(self, path: Path, name: str | None, keep_id: bool = False) -> AddResult:
@@ -284,7 +297,8 @@ class Portability:
         tags = [str(tag) for tag in manifest.get("tags", []) if isinstance(tag, str)]
         warnings = self._duplicates(clips, vector)
         voice_id = manifest.get("id") if keep_id else None
-        voice = self._insert(name, tags, vector, encoder, prepared, clips, language, voice_id)
+        blend = bundle_blend(path, manifest)
+        voice = self.insert(name, tags, vector, encoder, prepared, clips, language, voice_id, blend)
         return AddResult(voice, True, [], warnings)
 
     def _bundle_clips(self, path: Path, listed: Any, members: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -316,7 +330,7 @@ class Portability:
             raise ImportRejected(f"{path}: malformed clip metadata ({type(exc).__name__}).") from exc
         return clips
 
-    def _insert(
+    def insert(
         self,
         name: str,
         tags: list[str],
@@ -326,14 +340,17 @@ class Portability:
         clips: list[dict[str, Any]],
         language: str | None = None,
         voice_id: str | None = None,
+        blend: dict[str, Any] | None = None,
     ) -> Voice:
-        """``voice_id``: the id to keep (a restored backup), where it is a valid id no other voice has."""
+        """Add a voice with its clips and conditionals in one change. ``voice_id``: the id to keep (a restored
+        backup), where it is a valid id no other voice has; ``blend``: a blend's provenance."""
         with self.catalog.write("import") as change:
             self.catalog.check_name_free(name, change.session)
             if clips:
                 self.enrollment.matcher.settle(change.session)
             self.catalog.refuse_duplicate_clips({c["sha256"]: c["file"] for c in clips}, change.session)
             row = change.new_voice(name, tags, vector, encoder, language, voice_id)
+            row.blend = blend
             for clip in clips:
                 kept = KeptClip(
                     clip["sha256"],

@@ -23,6 +23,10 @@ class Voice:
     language: str | None  # a language id of the multilingual model (``flavours.languages()``), or None
     created_at: dt.datetime
     updated_at: dt.datetime
+    #: Other names the voice answers to (``voicedb alias``).
+    aliases: list[str] = field(default_factory=list)
+    #: For a blend, the voices it was interpolated from: ``{"sources": [{"id", "name", "weight"}]}``.
+    blend: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

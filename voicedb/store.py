@@ -50,7 +50,7 @@ from .errors import LibraryError
 from .matchers import CHATTERBOX, DIMENSIONS, LEGACY_MATCHER, MATCHER_KEY, encoders_of, fuse
 
 #: The Alembic revision this code expects; a test checks it is the head of ``migrations/versions``.
-SCHEMA_HEAD = "0005_change_log"
+SCHEMA_HEAD = "0006_aliases_and_blends"
 EMBEDDING_DIM = 256
 BUSY_TIMEOUT_MS = 30_000
 WAL_ATTEMPTS = 100
@@ -96,6 +96,9 @@ class VoiceRow(Base):
         back_populates="voice", cascade="all, delete-orphan", order_by="ConditionalsRow.pk"
     )
     match_vectors: Mapped[list[VoiceVectorRow]] = relationship(cascade="all, delete-orphan")
+    aliases: Mapped[list[AliasRow]] = relationship(cascade="all, delete-orphan", order_by="AliasRow.alias")
+    #: For a blend: ``{"sources": [{"id", "name", "weight"}]}``, the voices it was interpolated from.
+    blend: Mapped[dict | None] = mapped_column(JSON, nullable=True, default=None)
 
     @property
     def vector(self) -> np.ndarray:
@@ -175,6 +178,16 @@ class ConditionalsRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     voice: Mapped[VoiceRow] = relationship(back_populates="conditionals")
+
+
+class AliasRow(Base):
+    """Another name a voice answers to, such as ``alloy`` for clients that only send OpenAI's voice names."""
+
+    __tablename__ = "aliases"
+
+    alias: Mapped[str] = mapped_column(String(200), primary_key=True)
+    voice_pk: Mapped[int] = mapped_column(ForeignKey("voices.pk", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class MetaRow(Base):

@@ -8,14 +8,16 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .blends import Blending, is_blend
 from .catalog import Catalog
 from .conditionals import ConditionalsStore
 from .context import LibraryContext
 from .engine import S3GEN_SR
-from .errors import VoiceDBError
+from .errors import VoiceDBError, VoiceNotFound
 from .flavours import SynthesisSettings, flavour_named
 from .records import Attempt, SpeakResult, Voice
 from .speech import output_format, pause, split_text, write_audio
@@ -24,10 +26,13 @@ ProgressHook = Callable[[int, int, str], None]
 
 
 class Synthesizer:
-    def __init__(self, ctx: LibraryContext, catalog: Catalog, conditionals: ConditionalsStore) -> None:
+    def __init__(
+        self, ctx: LibraryContext, catalog: Catalog, conditionals: ConditionalsStore, blending: Blending
+    ) -> None:
         self.ctx = ctx
         self.catalog = catalog
         self.conditionals = conditionals
+        self.blending = blending
 
     def speak(
         self,
@@ -55,7 +60,7 @@ class Synthesizer:
         for number, attempt_seed in enumerate(seeds, 1):
             stream = self.stream(ref, text, model=model, settings=settings, seed=attempt_seed, progress=progress)
             audio = np.concatenate(list(stream))  # split_text never returns no chunks
-            similarity = self.similarity(stream.voice, audio) if verify else None
+            similarity = self.similarity(stream.speaker, audio) if verify else None
             made.append((similarity, number, audio))
             if similarity is None or min_similarity is None or similarity >= min_similarity:
                 break
@@ -86,12 +91,28 @@ class Synthesizer:
         start = secrets.randbelow(2**31) if seed is None else seed
         return [start + n for n in range(attempts)]
 
-    def similarity(self, voice: Voice, audio_24k: np.ndarray) -> float:
-        """Cosine between the voice encoder's embedding of synthesised audio and the voice's stored vector."""
+    def similarity(self, speaker: np.ndarray, audio_24k: np.ndarray) -> float:
+        """Cosine between the voice encoder's embedding of synthesised audio and the speaker embedding it was
+        conditioned on (the voice's stored vector)."""
         from .audio import to_16k
 
         embedding = self.ctx.engine.embed(to_16k(audio_24k))
-        return float(np.clip(embedding @ self.catalog.vector(voice.id), -1.0, 1.0))
+        return float(np.clip(embedding @ speaker, -1.0, 1.0))
+
+    def voice_and_conditionals(self, ref: str, model: str) -> tuple[Voice, Any]:
+        """A stored voice (by id, name, alias or prefix) and its conditionals; else, where ``ref`` is written as
+        a blend (``a(2)+b(1)``), the blend of the voices it names, spoken without storing it."""
+        try:
+            voice = self.catalog.get(ref)
+        except VoiceNotFound:
+            if not is_blend(ref):
+                raise
+            voices, weights = self.blending.sources(ref)
+            if len(voices) == 1:
+                return voices[0], self.conditionals.load(voices[0].id, model)
+            conds, _ = self.blending.blended(voices, weights, model)
+            return self.blending.unstored(ref, voices, weights, model), conds
+        return voice, self.conditionals.load(voice.id, model)
 
     def stream(
         self,
@@ -105,11 +126,10 @@ class Synthesizer:
     ) -> SpeechStream:
         """Check the request and load the voice now; the returned iterable synthesises chunk by chunk."""
         flavour = flavour_named(model)
-        voice = self.catalog.get(ref)
+        chunks = split_text(text)
+        voice, conds = self.voice_and_conditionals(ref, flavour.name)
         # a voice's language is what the multilingual model speaks unless told otherwise; English models ignore it
         language = flavour.check_language(settings.language or (voice.language if flavour.multilingual else None))
-        chunks = split_text(text)
-        conds = self.conditionals.load(voice.id, flavour.name)
         settings = replace(settings, language=language)
         engine = self.ctx.engine
 
@@ -122,7 +142,8 @@ class Synthesizer:
                         yield pause(S3GEN_SR)
                     yield engine.synthesize(flavour, conds, chunk, settings)
 
-        return SpeechStream(voice, chunks, pieces())
+        speaker = conds.t3.speaker_emb.detach().cpu().numpy().reshape(-1).astype(np.float32)
+        return SpeechStream(voice, chunks, pieces(), speaker)
 
 
 @dataclass
@@ -133,6 +154,8 @@ class SpeechStream:
     voice: Voice
     chunks: list[str]
     pieces: Iterator[np.ndarray]
+    #: The speaker embedding T3 is conditioned on: the voice's vector, or a blend's.
+    speaker: np.ndarray
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.pieces
