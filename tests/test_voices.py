@@ -240,9 +240,10 @@ def test_bundles_without_a_language_import_and_a_bad_one_is_refused(
 def test_the_language_list_is_upstream_s_and_naming_one_never_imports_torch(standin: Path):
     from chatterbox.mtl_tts import SUPPORTED_LANGUAGES
 
-    from voicedb.flavours import languages
+    from voicedb.flavours import LANGUAGE_NAMES, languages
 
     assert languages() == set(SUPPORTED_LANGUAGES)
+    assert LANGUAGE_NAMES == SUPPORTED_LANGUAGES
     code = "import sys; from voicedb.flavours import languages; languages(); print('torch' in sys.modules)"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "False"

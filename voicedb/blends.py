@@ -23,7 +23,7 @@ import numpy as np
 
 from .catalog import Catalog, check_name
 from .context import LibraryContext
-from .errors import VoiceDBError
+from .errors import InvalidBlend
 from .matchers import normalised
 from .records import Voice
 from .store import utcnow
@@ -66,13 +66,13 @@ def parse(spec: str) -> list[Part]:
         found = _TERM.fullmatch(piece)
         if found is None:
             shown = piece.strip() or "nothing"
-            raise VoiceDBError(f"voice blend {spec!r}: cannot read {shown!r} as a voice; write a(2)+b(1).")
+            raise InvalidBlend(f"voice blend {spec!r}: cannot read {shown!r} as a voice; write a(2)+b(1).")
         weight = 1.0 if found["weight"] is None else _weight(spec, found["weight"])
         parts.append(Part(found["ref"], sign * weight))
     if len({p.ref for p in parts}) != len(parts):
-        raise VoiceDBError(f"voice blend {spec!r} names a voice twice; give it one weight.")
+        raise InvalidBlend(f"voice blend {spec!r} names a voice twice; give it one weight.")
     if all(p.weight < 0 for p in parts):
-        raise VoiceDBError(f"voice blend {spec!r} only subtracts; start from a voice.")
+        raise InvalidBlend(f"voice blend {spec!r} only subtracts; start from a voice.")
     total = sum(abs(p.weight) for p in parts)
     return [Part(p.ref, p.weight / total) for p in parts]
 
@@ -81,9 +81,9 @@ def _weight(spec: str, text: str) -> float:
     try:
         weight = float(text)
     except ValueError:
-        raise VoiceDBError(f"voice blend {spec!r}: weight {text!r} is not a number.") from None
+        raise InvalidBlend(f"voice blend {spec!r}: weight {text!r} is not a number.") from None
     if not np.isfinite(weight) or weight <= 0:
-        raise VoiceDBError(f"voice blend {spec!r}: weights must be positive numbers (subtract with '-').")
+        raise InvalidBlend(f"voice blend {spec!r}: weights must be positive numbers (subtract with '-').")
     return weight
 
 
@@ -91,7 +91,7 @@ def blend_vectors(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray
     """The weighted sum of unit speaker embeddings, normalised: the blend's embedding."""
     mixed = sum(w * np.asarray(v, dtype=np.float64) for v, w in zip(vectors, weights, strict=True))
     if float(np.linalg.norm(mixed)) < 1e-6:
-        raise VoiceDBError("these weights cancel the voices out; choose other weights.")
+        raise InvalidBlend("these weights cancel the voices out; choose other weights.")
     return normalised(np.asarray(mixed, dtype=np.float32))
 
 
@@ -104,7 +104,7 @@ def blend_conditionals(conds: list[Any], weights: list[float], speaker: np.ndarr
     first = conds[0]
     embeddings = [c.gen["embedding"].to("cpu", torch.float32) for c in conds]
     if len({tuple(e.shape) for e in embeddings}) != 1:
-        raise VoiceDBError("these voices' conditionals come from different models and cannot be blended.")
+        raise InvalidBlend("these voices' conditionals come from different models and cannot be blended.")
     gen = dict(first.gen)
     gen["embedding"] = sum(w * e for e, w in zip(embeddings, weights, strict=True)).to(first.gen["embedding"].device)
     t3 = first.t3
@@ -136,7 +136,7 @@ class Blending:
         parts = parse(spec)
         voices = [self.catalog.get(part.ref) for part in parts]
         if len({v.id for v in voices}) != len(voices):
-            raise VoiceDBError(f"voice blend {spec!r} names one voice twice; give it one weight.")
+            raise InvalidBlend(f"voice blend {spec!r} names one voice twice; give it one weight.")
         return voices, [part.weight for part in parts]
 
     def blended(self, voices: list[Voice], weights: list[float], model: str) -> tuple[Any, np.ndarray]:
@@ -170,7 +170,7 @@ class Blending:
         self.catalog.check_name_free(name)
         voices, weights = self.sources(spec)
         if len(voices) < 2:
-            raise VoiceDBError(f"voice blend {spec!r} names one voice; a blend needs two or more.")
+            raise InvalidBlend(f"voice blend {spec!r} names one voice; a blend needs two or more.")
         shared = set.intersection(*(set(v.models) for v in voices)) or {"english"}
         prepared, speaker = {}, None
         for model in sorted(shared):

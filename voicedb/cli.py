@@ -1056,7 +1056,8 @@ def default_output_name(voice_name: str) -> Path:
 @click.option(
     "--default-voice",
     metavar="ID|NAME",
-    help="The voice OpenAI's stock names (alloy, nova, ...) speak with (default: those names are 404).",
+    help="The voice requests without a voice, and OpenAI's stock names (alloy, nova, ...) no alias claims, speak "
+    "with (default: those are refused; see `voicedb alias`).",
 )
 @click.option(
     "--max-upload-mb",
@@ -1088,6 +1089,12 @@ def default_output_name(voice_name: str) -> Path:
     help="Let web pages from this origin call the API (repeat for several; default: none may).",
 )
 @click.option("--preload", is_flag=True, help="Load the models before accepting requests (default: on first use).")
+@click.option(
+    "--open-listings",
+    is_flag=True,
+    help="With --api-key: list voices, models and languages without the key (Open WebUI lists them without one); "
+    "speech and changes still need it.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -1102,6 +1109,7 @@ def serve(
     timeout: float,
     cors_origins: tuple[str, ...],
     preload: bool,
+    open_listings: bool,
 ) -> None:
     """Serve the library over HTTP, with OpenAI's speech API.
 
@@ -1131,6 +1139,7 @@ def serve(
         timeout=timeout,
         cors_origins=cors_origins,
         preload=preload,
+        open_listings=open_listings,
     )
     run_server(db, settings, host=host, port=port)
 

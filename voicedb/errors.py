@@ -46,6 +46,10 @@ class AmbiguousVoice(VoiceDBError):
     """An id prefix fits more than one voice."""
 
 
+class InvalidBlend(VoiceDBError):
+    """A voice blend that cannot be read or made (``a(2)+b(1)``)."""
+
+
 class NameTaken(VoiceDBError):
     """Voice names are unique; this one is already used."""
 

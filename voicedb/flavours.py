@@ -107,35 +107,34 @@ def flavour_named(name: str) -> Flavour:
         raise CheckpointError(f"unknown model {name!r}; choose one of {', '.join(FLAVOURS)}.") from None
 
 
-#: Upstream's ``chatterbox.mtl_tts.SUPPORTED_LANGUAGES`` keys, copied so that naming a language never imports
+#: Upstream's ``chatterbox.mtl_tts.SUPPORTED_LANGUAGES``, copied so that naming a language never imports
 #: chatterbox (a test keeps the copy equal to upstream's).
-MULTILINGUAL_LANGUAGES = frozenset(
-    [
-        "ar",
-        "da",
-        "de",
-        "el",
-        "en",
-        "es",
-        "fi",
-        "fr",
-        "he",
-        "hi",
-        "it",
-        "ja",
-        "ko",
-        "ms",
-        "nl",
-        "no",
-        "pl",
-        "pt",
-        "ru",
-        "sv",
-        "sw",
-        "tr",
-        "zh",
-    ]
-)
+LANGUAGE_NAMES = {
+    "ar": "Arabic",
+    "da": "Danish",
+    "de": "German",
+    "el": "Greek",
+    "en": "English",
+    "es": "Spanish",
+    "fi": "Finnish",
+    "fr": "French",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "ms": "Malay",
+    "nl": "Dutch",
+    "no": "Norwegian",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "sv": "Swedish",
+    "sw": "Swahili",
+    "tr": "Turkish",
+    "zh": "Chinese",
+}
+MULTILINGUAL_LANGUAGES = frozenset(LANGUAGE_NAMES)
 
 
 def languages() -> frozenset[str]:

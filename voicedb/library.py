@@ -336,6 +336,7 @@ class VoiceDB:
         attempts: int = 1,
     ) -> SpeakResult:
         """Synthesise ``text`` with a voice's saved conditionals; returns the audio (float32, 24 kHz).
+        ``ref`` is an id, name, alias or id prefix, or a blend of stored voices (``"alice(2)+bob(1)"``).
 
         Long text is split at sentence boundaries and the chunks joined with short pauses. With
         ``output`` the audio is also written, in the format its suffix names (.wav, .flac, .mp3,
@@ -369,20 +370,25 @@ class VoiceDB:
 
     def speak_stream(
         self,
-        ref: str,
+        ref: str | None,
         text: str,
         *,
         model: str = "english",
         settings: SynthesisSettings | None = None,
         seed: int | None = None,
+        reference: AudioInput | None = None,
     ) -> SpeechStream:
         """Like ``speak``, chunk by chunk: iterate the result for each sentence chunk's audio (float32,
         24 kHz, the pause before it included) as soon as it is synthesised; ``close()`` stops early.
 
         The voice, language and text are checked before this returns, so a bad request fails here.
-        Consume it on one thread: it holds the engine's sampler until exhausted or closed.
+        Consume it on one thread: it holds the engine's sampler until exhausted or closed. ``reference``
+        (a path, bytes, or samples with their rate) speaks with a voice made from that clip alone, enrolled
+        nowhere (``ref`` is then unused).
         """
-        return self._synthesizer.stream(ref, text, model=model, settings=settings or SynthesisSettings(), seed=seed)
+        return self._synthesizer.stream(
+            ref or "", text, model=model, settings=settings or SynthesisSettings(), seed=seed, reference=reference
+        )
 
     def blend(self, spec: str, *, name: str, tags: Sequence[str] = ()) -> Voice:
         """Store a blend of stored voices as a voice of its own: ``spec`` as ``voice`` takes it in speech

@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from .audio import AudioInput, load_clip
 from .blends import Blending, is_blend
 from .catalog import Catalog
 from .conditionals import ConditionalsStore
 from .context import LibraryContext
 from .engine import S3GEN_SR
 from .errors import VoiceDBError, VoiceNotFound
-from .flavours import SynthesisSettings, flavour_named
+from .flavours import Flavour, SynthesisSettings, flavour_named
 from .records import Attempt, SpeakResult, Voice
 from .speech import output_format, pause, split_text, write_audio
+from .store import utcnow
 
 ProgressHook = Callable[[int, int, str], None]
 
@@ -99,6 +101,15 @@ class Synthesizer:
         embedding = self.ctx.engine.embed(to_16k(audio_24k))
         return float(np.clip(embedding @ speaker, -1.0, 1.0))
 
+    def one_off(self, reference: AudioInput, flavour: Flavour) -> tuple[Voice, Any]:
+        """A voice from a clip that is not enrolled: conditionals computed as upstream's
+        ``prepare_conditionals`` does, kept nowhere."""
+        clip = load_clip(reference, flavour.min_seconds)
+        engine = self.ctx.engine
+        conds = engine.conditionals(flavour, clip.wav_24k, engine.embed(clip.wav_16k)).to(engine.device)
+        now = utcnow()
+        return Voice("", clip.name, [], 1, round(clip.duration_s, 2), [flavour.name], None, now, now), conds
+
     def voice_and_conditionals(self, ref: str, model: str) -> tuple[Voice, Any]:
         """A stored voice (by id, name, alias or prefix) and its conditionals; else, where ``ref`` is written as
         a blend (``a(2)+b(1)``), the blend of the voices it names, spoken without storing it."""
@@ -123,11 +134,16 @@ class Synthesizer:
         settings: SynthesisSettings,
         seed: int | None = None,
         progress: ProgressHook | None = None,
+        reference: AudioInput | None = None,
     ) -> SpeechStream:
-        """Check the request and load the voice now; the returned iterable synthesises chunk by chunk."""
+        """Check the request and load the voice now (with ``reference``: a one-off voice from that clip,
+        enrolled nowhere, ``ref`` unused); the returned iterable synthesises chunk by chunk."""
         flavour = flavour_named(model)
         chunks = split_text(text)
-        voice, conds = self.voice_and_conditionals(ref, flavour.name)
+        if reference is not None:
+            voice, conds = self.one_off(reference, flavour)
+        else:
+            voice, conds = self.voice_and_conditionals(ref, flavour.name)
         # a voice's language is what the multilingual model speaks unless told otherwise; English models ignore it
         language = flavour.check_language(settings.language or (voice.language if flavour.multilingual else None))
         settings = replace(settings, language=language)

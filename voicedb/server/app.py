@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.metadata
 import json
 import logging
 import re
@@ -21,21 +22,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, Query, Response, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..audio import AudioSource
+from ..blends import is_blend
 from ..calibration import verdict
-from ..errors import NoMatch, VoiceNotFound
-from ..flavours import FLAVOURS, SynthesisSettings
+from ..errors import AmbiguousVoice, InvalidBlend, NameTaken, NoClips, NoMatch, VoiceDBError, VoiceNotFound
+from ..flavours import FLAVOURS, LANGUAGE_NAMES, SynthesisSettings
 from ..library import VoiceDB
 from ..records import Match, Threshold, Voice
 from . import errors
 from .encoding import FORMATS, SAMPLE_RATE, StreamEncoder, change_speed
+from .errors import about, not_offered
 from .jobs import JobTimeout, WorkQueue
 from .limits import BodyLimit, require_api_key
 
@@ -78,6 +82,8 @@ class ServerSettings:
     timeout: float = 600.0
     cors_origins: tuple[str, ...] = ()
     preload: bool = False
+    #: Answer the voice and model listings without the API key (Open WebUI lists them without one).
+    open_listings: bool = False
 
 
 class VoiceId(BaseModel):
@@ -92,7 +98,9 @@ class SpeechRequest(BaseModel):
     #: An OpenAI name (the server's model) or a Chatterbox flavour (``english``, ``multilingual``, ``turbo``).
     model: str = "tts-1"
     input: str = Field(max_length=MAX_INPUT_CHARS)
-    voice: str | VoiceId
+    #: A voice's id, name, alias or id prefix, a blend (``a(2)+b(1)``), or OpenAI's stock names; none: the
+    #: server's default voice.
+    voice: str | VoiceId | None = None
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     instructions: str | None = None  # accepted for compatibility; Chatterbox has no instructions
@@ -102,6 +110,27 @@ class SpeechRequest(BaseModel):
     temperature: float = Field(0.8, gt=0.0, le=5.0)
     seed: int | None = None
     language: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _something_to_say(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("there is no text to speak")
+        return text
+
+    @property
+    def requested_voice(self) -> str | None:
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice
+
+
+class CombineRequest(BaseModel):
+    """voicedb's own body for ``/v1/audio/voices/combine``: the blend, its name and tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voices: str | list[str]
+    name: str | None = None
+    tags: list[str] = []
 
 
 class VoicePatch(BaseModel):
@@ -142,6 +171,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         )
     errors.install(app)
     authorised = [Depends(require_api_key(settings.api_key))]
+    listing = [] if settings.open_listings else authorised  # Open WebUI lists voices and models without a key
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -166,9 +196,82 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             return {"status": "loading", "model": settings.model, "matcher": matcher}
         return {"status": "ready", "model": settings.model, "matcher": matcher}
 
+    @app.get("/ping", tags=["travisvn"])
+    def ping() -> dict[str, str]:
+        return {"status": "ok", "message": "Server is running"}
+
+    @app.get("/status", tags=["travisvn"], dependencies=authorised)
+    @app.get("/v1/status", tags=["travisvn"], dependencies=authorised, include_in_schema=False)
+    def status() -> dict[str, Any]:
+        """What the synthesiser is doing: speech requests running and waiting (travisvn's ``is_processing``)."""
+        running, waiting = queue.load()
+        loaded = db.engine.ready_for(FLAVOURS[settings.model])
+        return {
+            "status": "processing" if running else "idle",
+            "is_processing": bool(running),
+            "model": settings.model,
+            "model_loaded": loaded,
+            "speech_requests": {"running": running, "waiting": waiting, "max_waiting": settings.max_waiting},
+        }
+
+    @app.get("/status/progress", tags=["travisvn"], dependencies=authorised)
+    def progress() -> dict[str, Any]:
+        running, waiting = queue.load()
+        state = "processing" if running else "idle"
+        return {"is_processing": bool(running), "status": state, "waiting": waiting}
+
+    @app.get("/config", tags=["travisvn"], dependencies=authorised)
+    @app.get("/v1/config", tags=["travisvn"], dependencies=authorised, include_in_schema=False)
+    def server_config() -> dict[str, Any]:
+        """How this server was started: model, defaults, limits (no secrets)."""
+        return {
+            "api_info": {"name": "voicedb", "version": importlib.metadata.version("voicedb"), "api_version": "v1"},
+            "model": {"name": settings.model, "flavours": list(FLAVOURS), "matcher": db.matcher()},
+            "defaults": {
+                "voice": settings.default_voice,
+                "response_format": "mp3",
+                **{key: getattr(SynthesisSettings(), key) for key in ("exaggeration", "cfg_weight", "temperature")},
+                "max_tokens": settings.max_tokens,
+            },
+            "limits": {
+                "max_input_chars": MAX_INPUT_CHARS,
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_waiting": settings.max_waiting,
+                "timeout_s": settings.timeout,
+            },
+            "auth": {"api_key_required": settings.api_key is not None, "open_listings": settings.open_listings},
+        }
+
+    @app.get("/languages", tags=["travisvn"], dependencies=listing)
+    @app.get("/v1/languages", tags=["travisvn"], dependencies=listing, include_in_schema=False)
+    def supported_languages() -> dict[str, Any]:
+        """The languages the server's model speaks (``language`` in speech requests); the multilingual model's
+        when a request names it as ``model``."""
+        multilingual = FLAVOURS[settings.model].multilingual
+        codes = sorted(LANGUAGE_NAMES) if multilingual else ["en"]
+        return {
+            "languages": [{"code": code, "name": LANGUAGE_NAMES[code]} for code in codes],
+            "count": len(codes),
+            "model_type": "multilingual" if multilingual else "standard",
+        }
+
+    for path, methods, instead in (
+        ("/status/history", ["GET"], "GET /status says what runs now; the server's log has the history."),
+        ("/status/history/clear", ["POST"], "nothing is kept to clear."),
+        ("/status/statistics", ["GET"], "GET /status says what runs now."),
+        ("/info", ["GET"], "GET /config and GET /status say how it runs."),
+        ("/endpoints", ["GET"], "GET /docs lists every endpoint."),
+        ("/v1/voices/cleanup", ["POST"], "run `voicedb check --repair` on the library."),
+        ("/voices/cleanup", ["POST"], "run `voicedb check --repair` on the library."),
+    ):
+        app.api_route(path, methods=methods, include_in_schema=False, dependencies=authorised)(
+            refusal(f"travisvn's {path}", instead)
+        )
+
     # -- OpenAI speech ---------------------------------------------------------------------------
-    async def speech(request: SpeechRequest) -> StreamingResponse:
-        """Speak ``input`` in a stored voice; the body streams from the first synthesised sentence on."""
+    async def spoken(request: SpeechRequest, reference: AudioSource | None = None) -> StreamingResponse:
+        """Speak ``input`` in a stored voice (or a blend, or the one-off ``reference`` clip); the body streams
+        from the first synthesised sentence on."""
         fmt = FORMATS[request.response_format]
         options = SynthesisSettings(
             exaggeration=request.exaggeration,
@@ -177,12 +280,18 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             max_tokens=settings.max_tokens,
             language=request.language,
         )
-        requested = request.voice if isinstance(request.voice, str) else request.voice.id
 
         def open_stream():
-            voice = resolve_voice(db, requested, settings.default_voice)
             flavour = request.model if request.model in FLAVOURS else settings.model  # "tts-1": the server's
-            return db.speak_stream(voice, request.input, model=flavour, settings=options, seed=request.seed)
+            if reference is not None:
+                with about("voice_file"):
+                    return db.speak_stream(
+                        None, request.input, model=flavour, settings=options, seed=request.seed, reference=reference
+                    )
+            with about("voice"):
+                voice = resolve_voice(db, request.requested_voice, settings.default_voice)
+            with about("voice", VoiceNotFound, AmbiguousVoice, NoClips, InvalidBlend):
+                return db.speak_stream(voice, request.input, model=flavour, settings=options, seed=request.seed)
 
         pieces = queue.stream(open_stream)
         first = await anext(pieces)  # errors before any audio get their status here
@@ -213,6 +322,10 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             return StreamingResponse(events, media_type="text/event-stream")
         return StreamingResponse(encoded(), media_type=fmt.media_type)
 
+    async def speech(request: SpeechRequest) -> StreamingResponse:
+        """OpenAI's ``audio.speech.create``."""
+        return await spoken(request)
+
     for path, documented in (("/v1/audio/speech", True), ("/audio/speech", False)):
         app.post(
             path,
@@ -222,19 +335,43 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             include_in_schema=documented,
         )(speech)
 
-    @app.get("/v1/audio/voices", tags=["openai"], dependencies=authorised)
-    def audio_voices() -> dict[str, list[dict[str, str]]]:
-        """The stored voices, as Open WebUI and other OpenAI-speech clients list them."""
-        return {"voices": [{"id": v.id, "name": v.name} for v in db.list()]}
+    @app.post("/v1/audio/speech/stream", tags=["travisvn"], response_class=StreamingResponse, dependencies=authorised)
+    async def speech_stream(request: Request) -> StreamingResponse:
+        """travisvn's streaming speech: the JSON body of ``/v1/audio/speech``, WAV unless ``response_format``
+        says otherwise (every speech response here streams)."""
+        return await spoken(speech_request(await json_body(request), default_format="wav"))
 
-    @app.get("/v1/audio/models", tags=["openai"], dependencies=authorised)
+    async def speech_upload(request: Request) -> StreamingResponse:
+        """travisvn's speech with a one-off voice: multipart text fields as ``/v1/audio/speech``'s body, plus
+        ``voice_file``, a clip spoken with as it is, enrolled nowhere (without one, ``voice`` is used)."""
+        form = await request.form()
+        clip = form.get("voice_file")
+        fields = {key: value for key, value in form.multi_items() if isinstance(value, str) and value != ""}
+        body = speech_request(fields, default_format="wav")
+        reference = None
+        if clip is not None and not isinstance(clip, str):
+            reference = AudioSource(clip.filename or "voice_file", data=await clip.read())
+        return await spoken(body, reference)
+
+    for path in ("/v1/audio/speech/upload", "/v1/audio/speech/stream/upload"):
+        app.post(path, tags=["travisvn"], response_class=StreamingResponse, dependencies=authorised)(speech_upload)
+
+    @app.get("/v1/audio/voices", tags=["openai"], dependencies=listing)
+    def audio_voices() -> dict[str, list[dict[str, str]]]:
+        """The stored voices, then their aliases (each as the voice it names), as Open WebUI and other
+        OpenAI-speech clients list them: ``id`` is what a request sends as ``voice``."""
+        voices = [{"id": v.id, "name": v.name} for v in db.list()]
+        aliases = [{"id": alias, "name": f"{alias} ({v.name})"} for alias, v in db.aliases().items()]
+        return {"voices": voices + aliases}
+
+    @app.get("/v1/audio/models", tags=["openai"], dependencies=listing)
     def audio_models() -> dict[str, list[dict[str, str]]]:
         """The server's model first, then the other Chatterbox flavours a request may name as its ``model``
         (loaded on first use, if the checkpoint has them), then OpenAI's names (all meaning the server's)."""
         flavours = [settings.model, *(name for name in FLAVOURS if name != settings.model)]
         return {"models": [{"id": name} for name in (*flavours, *OPENAI_MODELS)]}
 
-    @app.get("/v1/models", tags=["openai"], dependencies=authorised)
+    @app.get("/v1/models", tags=["openai"], dependencies=listing)
     def models() -> dict[str, Any]:
         """OpenAI's model list shape."""
         created = int(time.time())
@@ -249,8 +386,27 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     def list_voices(
         limit: Annotated[int | None, Query(ge=0, description="At most this many voices.")] = None,
         offset: Annotated[int, Query(ge=0, description="Skip this many voices first.")] = 0,
-    ) -> dict[str, list[dict[str, Any]]]:
-        return {"voices": [v.to_dict() for v in db.list(limit=limit, offset=offset)]}
+    ) -> dict[str, Any]:
+        voices = [v.to_dict() for v in db.list(limit=limit, offset=offset)]
+        return {"voices": voices, "count": len(voices)}
+
+    @app.get("/v1/voices/default", tags=["travisvn"], dependencies=authorised)
+    def default_voice() -> dict[str, Any]:
+        """The voice requests without ``voice`` (and OpenAI's stock names without an alias) speak with."""
+        chosen = db.get(settings.default_voice).to_dict() if settings.default_voice else None
+        return {
+            "default_voice": chosen["name"] if chosen else None,
+            "voice_info": chosen,
+            "source": "voicedb serve --default-voice" if chosen else None,
+        }
+
+    @app.api_route("/v1/voices/default", methods=["POST", "DELETE"], include_in_schema=False, dependencies=authorised)
+    def change_default_voice() -> None:
+        raise not_offered(
+            "changing the default voice while it runs",
+            "start it with `voicedb serve --default-voice NAME`, "
+            "or map stock names with `voicedb alias add NAME alloy`.",
+        )
 
     @app.get("/v1/voices/{ref}", tags=["voices"], dependencies=authorised)
     def show_voice(ref: str) -> dict[str, Any]:
@@ -259,23 +415,129 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/v1/voices", tags=["voices"], status_code=201, dependencies=authorised)
     async def add_voice(
-        file: Annotated[list[UploadFile], File(description="One or more clips of the same speaker.")],
+        file: Annotated[list[UploadFile] | None, File(description="One or more clips of the same speaker.")] = None,
         name: Annotated[str | None, Form()] = None,
         tags: Annotated[str | None, Form(description="Comma-separated tags.")] = None,
         language: Annotated[str | None, Form()] = None,
         dry_run: Annotated[bool, Form(description="Check the clips and return the warnings; enroll nothing.")] = False,
+        voice_file: Annotated[list[UploadFile] | None, File(description="travisvn's name for `file`.")] = None,
+        voice_name: Annotated[str | None, Form(description="travisvn's name for `name`.")] = None,
     ) -> dict[str, Any]:
         """Enroll a voice from uploaded clips; quality warnings come back in ``warnings``. With ``dry_run`` the
-        clips are only checked (status 201 all the same): what the web page shows before the user confirms."""
+        clips are only checked (status 201 all the same): what the web page shows before the user confirms.
+        travisvn's fields (``voice_file``, ``voice_name``) are taken too."""
+        uploaded = [*(file or []), *(voice_file or [])]
+        if not uploaded:
+            raise errors.APIError(
+                400, "send one or more clips as `file`.", "invalid_request_error", "invalid_value", param="file"
+            )
         sources = [
-            AudioSource(upload.filename or f"upload-{n + 1}", data=await upload.read()) for n, upload in enumerate(file)
+            AudioSource(upload.filename or f"upload-{n + 1}", data=await upload.read())
+            for n, upload in enumerate(uploaded)
         ]
         tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
-        name = name or Path(sources[0].name).stem  # as the CLI names a voice after its first file
-        result = await uploads.run(
-            lambda: db.add(sources, name=name, tags=tag_list, language=language, model=settings.model, dry_run=dry_run)
+        name = name or voice_name or Path(sources[0].name).stem  # as the CLI names a voice after its first file
+        with about("name", NameTaken):
+            result = await uploads.run(
+                lambda: db.add(
+                    sources, name=name, tags=tag_list, language=language, model=settings.model, dry_run=dry_run
+                )
+            )
+        voice = result.voice
+        summary = {
+            "name": voice.name,
+            "id": voice.id,
+            "language": voice.language,
+            "upload_date": voice.created_at.isoformat(),
+        }
+        message = f"{'checked' if dry_run else 'enrolled'} {voice.name} ({len(result.clips_added)} clips)"
+        return {**result.to_dict(), "message": message, "voice": summary}
+
+    @app.put("/v1/voices/{ref}", tags=["travisvn"], dependencies=authorised)
+    def rename_voice(ref: str, new_name: Annotated[str, Form()]) -> dict[str, Any]:
+        """travisvn's rename: form field ``new_name``."""
+        old = db.get(ref)
+        with about("new_name", NameTaken):
+            voice = db.rename(old.id, new_name)
+        message = f"renamed {old.name} to {voice.name}"
+        return {"message": message, "old_name": old.name, "new_name": voice.name, "voice": voice.to_dict()}
+
+    @app.get("/v1/voices/{ref}/download", tags=["travisvn"], dependencies=authorised)
+    def download_voice(ref: str) -> FileResponse:
+        """The voice's first kept reference clip (travisvn's voice download)."""
+        details = db.details(ref)
+        if not details["clip_files"]:
+            raise VoiceNotFound(
+                f"voice {details['id']} has no kept clips (it was imported); GET /v1/voices/{details['id']}/export "
+                "gives its conditionals."
+            )
+        return voice_clip(details["id"], details["clip_files"][0]["sha256"])
+
+    @app.get("/v1/aliases", tags=["voices"], dependencies=authorised)
+    def list_aliases() -> dict[str, Any]:
+        """Every alias and the voice it names, as ``voicedb alias list --json``."""
+        return {"aliases": [{"alias": a, "id": v.id, "name": v.name} for a, v in db.aliases().items()]}
+
+    def aliases_of(voice: Voice, message: str, alias: str | None = None) -> dict[str, Any]:
+        found = {"voice_name": voice.name, "id": voice.id, "aliases": voice.aliases, "count": len(voice.aliases)}
+        return {"message": message, **found, **({"alias": alias} if alias else {})}
+
+    @app.get("/v1/voices/{ref}/aliases", tags=["voices"], dependencies=authorised)
+    def voice_aliases(ref: str) -> dict[str, Any]:
+        voice = db.get(ref)
+        return aliases_of(voice, f"{voice.name} has {len(voice.aliases)} aliases")
+
+    @app.post("/v1/voices/{ref}/aliases", tags=["voices"], status_code=201, dependencies=authorised)
+    def add_alias(ref: str, alias: Annotated[str, Form(description="The other name, e.g. alloy.")]) -> dict[str, Any]:
+        """Let a voice answer to ``alias`` too (as ``voicedb alias add``); 409 where it is a voice's name."""
+        with about("alias", NameTaken, VoiceDBError):
+            voice = db.alias(alias, ref)
+        return aliases_of(voice, f"{alias} now names {voice.name}", alias.strip())
+
+    @app.delete("/v1/voices/{ref}/aliases/{alias}", tags=["voices"], dependencies=authorised)
+    def remove_alias(ref: str, alias: str) -> dict[str, Any]:
+        voice = db.get(ref)
+        if alias not in voice.aliases:
+            raise VoiceNotFound(f"voice {voice.name} has no alias {alias!r}.")
+        voice = db.unalias(alias)
+        return aliases_of(voice, f"removed alias {alias} of {voice.name}", alias)
+
+    @app.post("/v1/audio/voices/combine", tags=["voices"], dependencies=authorised)
+    async def combine_voices(
+        body: Annotated[
+            str | list[str] | CombineRequest, Body(description='"a+b", ["a", "b"], or {"voices", "name", "tags"}.')
+        ],
+    ) -> Response:
+        """Store a blend as a voice. Kokoro-FastAPI's bodies (``"a(2)+b(1)"`` or a list of voices, named after
+        the blend) get its answer, the blend's conditionals as a ``.pt`` download; voicedb's object body
+        (with ``name``) gets the new voice as JSON, 201."""
+        ours = isinstance(body, CombineRequest)
+        voices = body.voices if ours else body
+        spec = voices if isinstance(voices, str) else "+".join(voices)
+        name = (body.name if ours else None) or spec.replace(" ", "")
+        tags = body.tags if ours else []
+
+        def store() -> Voice:
+            try:
+                return db.blend(spec, name=name, tags=tags)
+            except NameTaken:
+                existing = db.get(name)  # Kokoro's clients combine the same voices again: the same blend
+                if ours or existing.blend is None:
+                    raise
+                return existing
+
+        with about("voices", VoiceDBError):
+            voice = await uploads.run(store)
+        if ours:
+            return JSONResponse(voice.to_dict(), status_code=201)
+        model = settings.model if settings.model in voice.models else voice.models[0]
+        with tempfile.TemporaryDirectory(prefix="voicedb-export-") as scratch:
+            data = db.export(voice.id, Path(scratch) / "voice.pt", model=model).read_bytes()
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{safe_filename(voice.name)}.pt"'},
         )
-        return result.to_dict()
 
     @app.patch("/v1/voices/{ref}", tags=["voices"], dependencies=authorised)
     def change_voice(ref: str, patch: VoicePatch) -> dict[str, Any]:
@@ -326,11 +588,10 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         with tempfile.TemporaryDirectory(prefix="voicedb-export-") as scratch:
             written = db.export(voice.id, Path(scratch) / f"voice{suffix}", model=settings.model, bundle=bundle)
             data = written.read_bytes()
-        filename = f"{voice.name}{suffix}".encode("ascii", "replace").decode().replace('"', "_")
         return Response(
             data,
             media_type="application/octet-stream",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            headers={"Content-Disposition": f'attachment; filename="{safe_filename(voice.name)}{suffix}"'},
         )
 
     @app.post("/v1/voices/import", tags=["voices"], status_code=201, dependencies=authorised)
@@ -384,11 +645,21 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     return app
 
 
-def resolve_voice(db: VoiceDB, requested: str, default_voice: str | None) -> str:
-    """A stored voice by id, name or prefix; OpenAI's stock names fall back to the default voice."""
+def resolve_voice(db: VoiceDB, requested: str | None, default_voice: str | None) -> str:
+    """A stored voice by id, name, alias or prefix, or a blend spec as it is; no voice, or one of OpenAI's stock
+    names that no alias claims, means the default voice."""
+    if requested is None or not requested.strip():
+        if default_voice is None:
+            raise VoiceDBError(
+                "no voice given and this server has no default voice: send `voice`, or start the server with "
+                "--default-voice NAME."
+            )
+        return db.get(default_voice).id
     try:
         return db.get(requested).id
     except VoiceNotFound:
+        if is_blend(requested):
+            return requested  # speak_stream blends the voices it names
         if requested.lower() not in OPENAI_VOICES:
             raise
         if default_voice is None:
@@ -397,6 +668,38 @@ def resolve_voice(db: VoiceDB, requested: str, default_voice: str | None) -> str
                 "(start it with --default-voice)."
             ) from None
         return db.get(default_voice).id
+
+
+def speech_request(fields: Any, default_format: str) -> SpeechRequest:
+    """A speech body that did not come through FastAPI's parsing (a form, travisvn's WAV default), validated
+    the same way and failing with the same 400."""
+    if isinstance(fields, dict):
+        fields = {"response_format": default_format, **fields}
+    try:
+        return SpeechRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise errors.APIError(400, "the body is not JSON.", "invalid_request_error", "invalid_json") from None
+
+
+def safe_filename(name: str) -> str:
+    """A voice name fit for a Content-Disposition header."""
+    return name.encode("ascii", "replace").decode().replace('"', "_")
+
+
+def refusal(what: str, instead: str) -> Callable[[], None]:
+    """An endpoint answering that this server does not offer ``what`` (another server's), and what to use."""
+
+    def refuse() -> None:
+        raise not_offered(what, instead)
+
+    return refuse
 
 
 async def sse_events(

@@ -6,8 +6,10 @@ other exception is a bug: its traceback goes to the server's log, never into a r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,18 +46,48 @@ STATUSES: list[tuple[type[VoiceDBError], int, str, str]] = [
 
 
 class APIError(Exception):
-    """An error the server itself decides on (auth, size limits), in OpenAI's shape."""
+    """An error the server itself decides on (auth, size limits, endpoints it does not offer), in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
-        self.status, self.type, self.code, self.headers = status, type_, code, headers or {}
+        self.status, self.type, self.code, self.headers, self.param = status, type_, code, headers or {}, param
 
 
 def error_response(
-    status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    """OpenAI's error body; ``param`` names the request field at fault, where one is."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+@contextlib.contextmanager
+def about(param: str, *kinds: type[VoiceDBError]) -> Iterator[None]:
+    """Library errors raised inside (of ``kinds``, default all) blame the request field ``param``."""
+    try:
+        yield
+    except VoiceDBError as exc:
+        if isinstance(exc, kinds or (VoiceDBError,)) and getattr(exc, "param", None) is None:
+            exc.param = param  # type: ignore[attr-defined]
+        raise
+
+
+def not_offered(what: str, instead: str) -> APIError:
+    """A 501 for an endpoint other servers have and this one does not, saying what to use instead."""
+    return APIError(501, f"voicedb serve does not offer {what}; {instead}", "invalid_request_error", "not_supported")
 
 
 #: An absolute path in a message: its directories are the server's business, its file name is the client's.
@@ -69,7 +101,7 @@ def public_message(message: str) -> str:
 
 def voicedb_error_response(exc: VoiceDBError) -> JSONResponse:
     status, type_, code = next((s, t, c) for cls, s, t, c in STATUSES if isinstance(exc, cls))
-    return error_response(status, public_message(str(exc)), type_, code)
+    return error_response(status, public_message(str(exc)), type_, code, param=getattr(exc, "param", None))
 
 
 def install(app: FastAPI) -> None:
@@ -81,7 +113,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, str(exc), exc.type, exc.code, exc.headers)
+        return error_response(exc.status, str(exc), exc.type, exc.code, exc.headers, exc.param)
 
     @app.exception_handler(QueueFull)
     async def queue_full(_request: Request, exc: QueueFull) -> JSONResponse:
@@ -95,9 +127,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
-        return error_response(400, message, "invalid_request_error", "invalid_value")
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
+        said = first.get("msg", "invalid value").removeprefix("Value error, ")
+        message = f"{where}: {said}" if where else said
+        param = where.split(".")[0] or None  # the top-level field, as OpenAI names it
+        return error_response(400, message, "invalid_request_error", "invalid_value", param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

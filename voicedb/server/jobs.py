@@ -53,6 +53,11 @@ class WorkQueue:
         self._accepted = 0
         self._recent_seconds = 2.0  # moving average of a job's duration, for Retry-After
 
+    def load(self) -> tuple[int, int]:
+        """Jobs (running, waiting) now."""
+        with self._lock:
+            return min(self._accepted, self._workers), max(0, self._accepted - self._workers)
+
     def _admit(self) -> float | None:
         """Count the job in, or raise ``QueueFull``; its deadline on the loop's clock."""
         with self._lock:
