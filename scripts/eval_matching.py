@@ -326,7 +326,7 @@ def shipped_json(shipped: dict[str, dict]) -> str:
 #
 # For a fused matcher each encoder's cosine is normalised on its own and the ``z`` are averaged. The cohort is
 # the library's own voices (all but the voice being scored), which holds recordings of the user's sources;
-# measured below leave-one-source-out against the plain cosine (``match`` does not use it: see README).
+# measured below leave-one-source-out against the plain cosine (``match`` does not use it: see docs/matching.md).
 
 #: Cohort scores averaged per side: the closest voices, where the confusions are.
 TOP = 20

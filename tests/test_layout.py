@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
 #: Lower layers first; a module may import only from layers below its own.
 LAYERS = [
     {"errors", "files", "faults", "records"},
-    {"config", "matchers"},
+    {"config", "matchers", "streaming"},
     {"flavours", "audio", "speech", "bundle", "store", "locks", "objects", "weights"},
     {"voice_encoder", "campplus"},
     {"weight_sources"},
@@ -19,7 +19,7 @@ LAYERS = [
     {"context"},
     {"catalog"},
     {"matching", "conditionals"},
-    {"calibration"},
+    {"calibration", "blends"},
     {"synthesis", "enroll", "bulk"},
     {"portability", "checker"},
     {"library"},

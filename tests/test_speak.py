@@ -169,7 +169,7 @@ def test_turbo_speaks_from_its_own_checkpoint_with_conditionals_derived_for_it(
     audio, rate = soundfile.read(str(out), dtype="float32")
     assert rate == 24_000 and np.isfinite(audio).all() and len(audio) > 0
     assert json.loads(run("show", name, "--json").stdout)["models"] == ["english", "turbo"]
-    # upstream embeds Turbo's loudness-normalised reference; voicedb keeps the voice's one vector (README, Models)
+    # upstream embeds Turbo's loudness-normalised reference; voicedb keeps the voice's one vector (docs/library.md)
     assert_speaker_is_the_voice_vector(name, "turbo", checkpoint=turbo_checkpoint)
 
 

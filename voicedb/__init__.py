@@ -9,6 +9,7 @@ from .errors import NoMatch, VoiceDBError
 from .flavours import SynthesisSettings
 from .library import VoiceDB
 from .records import AddResult, Match, Problem, SpeakResult, Voice
+from .streaming import TokenWindows
 
 __all__ = [
     "VoiceDB",
@@ -18,6 +19,7 @@ __all__ = [
     "SpeakResult",
     "Problem",
     "SynthesisSettings",
+    "TokenWindows",
     "VoiceDBError",
     "NoMatch",
 ]

@@ -16,6 +16,7 @@ from . import config
 from .errors import NoMatch, VoiceDBError
 from .flavours import FLAVOURS  # the model table only: nothing here imports torch until a command needs it
 from .matchers import CHATTERBOX, MATCHERS
+from .streaming import TokenWindows
 
 if TYPE_CHECKING:
     from .records import SpeakResult
@@ -653,6 +654,14 @@ def rename(ctx: click.Context, voice: str, new_name: str) -> None:
     click.echo(f"renamed voice {v.id} to {v.name}")
 
 
+def token_windows(value: str) -> TokenWindows | None:
+    """``--stream-window``'s value: ``FIRST,LATER`` tokens, or 0 for whole chunks."""
+    try:
+        return TokenWindows.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: give FIRST,LATER token counts (e.g. 12,50) or 0 ({exc}).") from None
+
+
 def blend_sources(blend: dict[str, Any]) -> str:
     """A blend's provenance in a line: ``alice 6c1f0a2e (0.7), bob 9d3e4b1a (0.3)``."""
     return ", ".join(f"{s['name']} {s['id']} ({s['weight']:g})" for s in blend["sources"])
@@ -1090,6 +1099,16 @@ def default_output_name(voice_name: str) -> Path:
 )
 @click.option("--preload", is_flag=True, help="Load the models before accepting requests (default: on first use).")
 @click.option(
+    "--stream-window",
+    "windows",
+    default="12,50",
+    show_default=True,
+    metavar="FIRST,LATER",
+    callback=lambda _ctx, _param, value: token_windows(value),
+    help="Speech tokens (25 a second) rendered at a time while they are generated: a small first window "
+    "starts the audio sooner; 0 renders each sentence chunk whole.",
+)
+@click.option(
     "--open-listings",
     is_flag=True,
     help="With --api-key: list voices, models and languages without the key (Open WebUI lists them without one); "
@@ -1109,6 +1128,7 @@ def serve(
     timeout: float,
     cors_origins: tuple[str, ...],
     preload: bool,
+    windows: TokenWindows | None,
     open_listings: bool,
 ) -> None:
     """Serve the library over HTTP, with OpenAI's speech API.
@@ -1140,6 +1160,7 @@ def serve(
         cors_origins=cors_origins,
         preload=preload,
         open_listings=open_listings,
+        windows=windows,
     )
     run_server(db, settings, host=host, port=port)
 

@@ -17,14 +17,14 @@ DATABASE_URL_ENV = "VOICEDB_DATABASE_URL"
 STORAGE_URL_ENV = "VOICEDB_STORAGE_URL"
 
 #: The threshold for encoder weights nobody measured (``SHIPPED_THRESHOLDS`` has none for them): the value
-#: voicedb used before thresholds were measured per matcher on the development set (README, "Matching you can
-#: trust"); ``voicedb calibrate`` replaces it with one fitted to the library.
+#: voicedb used before thresholds were measured per matcher on the development set (docs/matching.md);
+#: ``voicedb calibrate`` replaces it with one fitted to the library.
 DEFAULT_THRESHOLD = 0.80
 
 #: Shipped thresholds and the error rates measured around them, per matcher identity
 #: (``matcher:<sha16 of each encoder's weights>``, see ``calibration.Thresholds.identity``): scores of two
 #: encoders, or of two checkpoints of one encoder, are not comparable. Chosen on the development set by
-#: ``scripts/eval_matching.py --write-shipped`` (README, "Matching you can trust"). ``match`` uses the value
+#: ``scripts/eval_matching.py --write-shipped`` (docs/matching.md). ``match`` uses the value
 #: of the library's identity unless the library was calibrated (``voicedb calibrate``) or a threshold is
 #: given; an identity missing here gets ``DEFAULT_THRESHOLD``. The official ``ResembleAI/chatterbox``
 #: ``ve.safetensors`` could not be measured here (the hub is unreachable), so libraries using it get the
@@ -59,7 +59,8 @@ MIN_SPEECH_SECONDS = 1.0
 
 #: Up to this many voices the index is exact (a flat scan); above it, approximate (IVF-Flat). An exact
 #: query costs 2 ms at 50,000 voices on 2 cores and grows linearly (40 ms at a million), while IVF answers a
-#: million in 3 ms with recall@1 1.000 on clustered voices; measured by ``scripts/bench_match.py`` (README, "Matching").
+#: million in 3 ms with recall@1 1.000 on clustered voices; measured by ``scripts/bench_match.py``
+#: (docs/benchmarks.md, "Matching").
 DEFAULT_INDEX_EXACT_MAX = 50_000
 
 #: Chatterbox recommends about ten seconds of reference audio; shorter clips get a warning.

@@ -41,6 +41,7 @@ from .campplus import CAMPPLUS_FILE, CamPlusPlus, hub_path, load_campplus
 from .campplus import SHA256 as CAMPPLUS_SHA256
 from .errors import CheckpointError, ImportRejected
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS, Flavour, SynthesisSettings
+from .streaming import TokenWindows, WindowRenderer, t3_tokens
 from .voice_encoder import VoiceEncoder
 from .voice_encoder import load_state as load_voice_encoder_state
 from .weights import read_weights
@@ -537,27 +538,92 @@ class Engine:
             if flavour.gpt2_t3:
                 speech_tokens = self._turbo_tokens(flavour, t3, tokenizer, conds, text, settings)
             else:
-                from chatterbox.models.t3.modules.cond_enc import T3Cond
-
-                t3_cond = T3Cond(
-                    speaker_emb=conds.t3.speaker_emb,
-                    cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
-                    emotion_adv=settings.exaggeration * torch.ones(1, 1, 1),
-                ).to(device=self.device)
-                speech_tokens = self._t3_tokens(flavour, t3, tokenizer, t3_cond, text, settings)
+                speech_tokens = self._t3_tokens(flavour, t3, tokenizer, self._t3_cond(conds, settings), text, settings)
             wav, _ = s3gen.inference(
                 speech_tokens=_renderable(speech_tokens).to(self.device),
                 ref_dict=conds.gen,
                 **({"n_cfm_timesteps": 2} if flavour.meanflow_s3gen else {}),
             )
-            wav = wav.squeeze(0).detach().cpu().numpy()
+            return self._watermarked(wav.squeeze(0).detach().cpu().numpy())
+
+    def synthesize_stream(
+        self, flavour: Flavour, conds, text: str, settings: SynthesisSettings, windows: TokenWindows
+    ) -> Iterator[np.ndarray]:
+        """One chunk of text as ``synthesize`` speaks it, in pieces: S3Gen renders ``windows`` of speech tokens
+        while T3 generates them (``voicedb.streaming``). Turbo's chunks come whole. Call it inside ``sampling()``
+        and consume it on that thread."""
+        import torch
+        from chatterbox.models.s3gen.const import S3GEN_SIL
+
+        if flavour.gpt2_t3:  # upstream's GPT-2 loop, not ours to split
+            yield self.synthesize(flavour, conds, text, settings)
+            return
+        t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
+        conds = conds.to(self.device)
+        renderer = WindowRenderer(s3gen, conds.gen, self.device, 2 if flavour.meanflow_s3gen else None)
+        with torch.inference_mode():
+            t3_cond = self._t3_cond(conds, settings)
+            text_tokens = self._t3_text_tokens(flavour, t3, tokenizer, text, settings)
+        tokens: list[int] = []
+        sampled = t3_tokens(
+            t3,
+            t3_cond,
+            text_tokens,
+            max_new_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            cfg_weight=settings.cfg_weight,
+            repetition_penalty=settings.repetition_penalty_for(flavour),
+            min_p=settings.min_p,
+            top_p=settings.top_p_for(flavour),
+        )
+        for token in sampled:
+            if token >= SPEECH_VOCAB:  # as upstream drops them after sampling
+                continue
+            tokens.append(token)
+            if renderer.ready(len(tokens), windows):
+                yield self._watermarked(renderer.render(tokens, final=False))
+        tokens += [S3GEN_SIL] * max(0, MIN_RENDERED_TOKENS - len(tokens))  # as ``_renderable``
+        yield self._watermarked(renderer.render(tokens, final=True))
+
+    def _watermarked(self, wav: np.ndarray) -> np.ndarray:
+        """Upstream's Perth watermark, as every Chatterbox output carries."""
+        import torch
+
+        with torch.inference_mode():
             return np.asarray(self.watermarker().apply_watermark(wav, sample_rate=S3GEN_SR), dtype=np.float32)
+
+    def _t3_cond(self, conds, settings: SynthesisSettings):
+        """T3's conditioning for one chunk: the voice's, with this request's exaggeration."""
+        import torch
+        from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+        return T3Cond(
+            speaker_emb=conds.t3.speaker_emb,
+            cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
+            emotion_adv=settings.exaggeration * torch.ones(1, 1, 1),
+        ).to(device=self.device)
 
     def _t3_tokens(self, flavour: Flavour, t3, tokenizer, t3_cond, text: str, settings: SynthesisSettings):
         """Speech tokens from the Llama T3, as upstream ``ChatterboxTTS`` / ``ChatterboxMultilingualTTS.generate``."""
+        from chatterbox.models.s3tokenizer import drop_invalid_tokens
+
+        speech_tokens = t3.inference(
+            t3_cond=t3_cond,
+            text_tokens=self._t3_text_tokens(flavour, t3, tokenizer, text, settings),
+            max_new_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            cfg_weight=settings.cfg_weight,
+            repetition_penalty=settings.repetition_penalty_for(flavour),
+            min_p=settings.min_p,
+            top_p=settings.top_p_for(flavour),
+        )[0]
+        speech_tokens = drop_invalid_tokens(speech_tokens)
+        return speech_tokens[speech_tokens < SPEECH_VOCAB]
+
+    def _t3_text_tokens(self, flavour: Flavour, t3, tokenizer, text: str, settings: SynthesisSettings):
+        """The text as T3 reads it: normalised, tokenised, paired for CFG, between start and stop tokens."""
         import torch
         import torch.nn.functional as F
-        from chatterbox.models.s3tokenizer import drop_invalid_tokens
 
         if flavour.multilingual:
             from chatterbox.mtl_tts import punc_norm
@@ -577,19 +643,7 @@ class Engine:
         if settings.cfg_weight > 0.0 or flavour.always_paired_cfg:
             text_tokens = torch.cat([text_tokens, text_tokens], dim=0)
         text_tokens = F.pad(text_tokens, (1, 0), value=t3.hp.start_text_token)
-        text_tokens = F.pad(text_tokens, (0, 1), value=t3.hp.stop_text_token)
-        speech_tokens = t3.inference(
-            t3_cond=t3_cond,
-            text_tokens=text_tokens,
-            max_new_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            cfg_weight=settings.cfg_weight,
-            repetition_penalty=settings.repetition_penalty_for(flavour),
-            min_p=settings.min_p,
-            top_p=settings.top_p_for(flavour),
-        )[0]
-        speech_tokens = drop_invalid_tokens(speech_tokens)
-        return speech_tokens[speech_tokens < SPEECH_VOCAB]
+        return F.pad(text_tokens, (0, 1), value=t3.hp.stop_text_token)
 
     def _turbo_tokens(self, flavour: Flavour, t3, tokenizer, conds, text: str, settings: SynthesisSettings):
         """Speech tokens from Turbo's GPT-2 T3, as upstream ``ChatterboxTurboTTS.generate`` (no CFG or exaggeration)."""

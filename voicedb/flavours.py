@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import CheckpointError, VoiceDBError
+from .streaming import TokenWindows
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class SynthesisSettings:
     """Sampling settings of one ``speak`` call; defaults are upstream's ``generate`` defaults.
 
     ``max_tokens`` caps the speech tokens of each text chunk (25 tokens are about one second).
+    ``windows`` changes when audio is rendered, not what T3 samples: the same seed draws the same tokens.
     """
 
     exaggeration: float = 0.5
@@ -157,6 +159,9 @@ class SynthesisSettings:
     repetition_penalty: float | None = None  # None: the flavour's upstream default
     min_p: float = 0.05
     top_p: float | None = None  # None: the flavour's upstream default
+    #: Render speech tokens in these windows while T3 generates them (``voicedb.streaming``); None: each
+    #: chunk whole once T3 is done, as upstream.
+    windows: TokenWindows | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1000:

@@ -3,7 +3,7 @@
 The conditionals keep exactly the embedding upstream computes (``Engine.embed``). Matching embeds only
 the speech: frames quieter than ``SPEECH_TOP_DB`` below the loudest are dropped and quiet clips are
 raised to ``SPEECH_LEVEL_DBFS``, which separated speakers best on the development set
-(``scripts/eval_matching.py``; README, "Matching you can trust").
+(``scripts/eval_matching.py``; docs/matching.md).
 """
 
 from __future__ import annotations

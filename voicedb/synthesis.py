@@ -156,7 +156,10 @@ class Synthesizer:
                         progress(done, len(chunks), chunk[:40])
                     if done:
                         yield pause(S3GEN_SR)
-                    yield engine.synthesize(flavour, conds, chunk, settings)
+                    if settings.windows is None:
+                        yield engine.synthesize(flavour, conds, chunk, settings)
+                    else:
+                        yield from engine.synthesize_stream(flavour, conds, chunk, settings, settings.windows)
 
         speaker = conds.t3.speaker_emb.detach().cpu().numpy().reshape(-1).astype(np.float32)
         return SpeechStream(voice, chunks, pieces(), speaker)

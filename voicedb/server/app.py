@@ -37,6 +37,7 @@ from ..errors import AmbiguousVoice, InvalidBlend, NameTaken, NoClips, NoMatch, 
 from ..flavours import FLAVOURS, LANGUAGE_NAMES, SynthesisSettings
 from ..library import VoiceDB
 from ..records import Match, Threshold, Voice
+from ..streaming import TokenWindows
 from . import errors
 from .encoding import FORMATS, SAMPLE_RATE, StreamEncoder, change_speed
 from .errors import about, not_offered
@@ -84,6 +85,8 @@ class ServerSettings:
     preload: bool = False
     #: Answer the voice and model listings without the API key (Open WebUI lists them without one).
     open_listings: bool = False
+    #: Speech tokens S3Gen renders at a time while T3 generates (None: each sentence chunk whole).
+    windows: TokenWindows | None = TokenWindows()
 
 
 class VoiceId(BaseModel):
@@ -279,6 +282,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             temperature=request.temperature,
             max_tokens=settings.max_tokens,
             language=request.language,
+            windows=settings.windows,
         )
 
         def open_stream():

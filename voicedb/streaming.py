@@ -1,0 +1,217 @@
+"""Token-level streaming: S3Gen renders windows of speech tokens while T3 is still generating them.
+
+Upstream renders a sentence chunk only once T3 has generated all of its tokens, so the first audio of a
+request waits for a whole chunk. Here T3's sampling loop (upstream's, step for step: the same tokens
+for the same seed) hands each token over as it is drawn, and every ``TokenWindows`` tokens S3Gen
+renders what has arrived, as CosyVoice 2, whose flow and vocoder S3Gen is, streams:
+
+- the flow runs over every token so far; the mel frames of the last ``pre_lookahead_len`` tokens are
+  held back (its encoder looks that far ahead, and for them it saw only padding), and only frames not yet
+  voiced are taken;
+- the vocoder (HiFT) voices them after the last ``MEL_CACHE_FRAMES`` frames already voiced, continuing
+  their excitation source, and the overlap is cross-faded with a Hamming window, so seams do not click;
+- the noise of a window's pass (the flow's and the vocoder's) is drawn from a fork of torch's generator,
+  so T3 samples exactly what it would unstreamed, and the last pass, over all tokens, draws what
+  upstream's one pass draws: the chunk has the unstreamed chunk's tokens, length and final mel frames,
+  and with no window before the end it is the unstreamed audio, sample for sample. With windows, the
+  frames voiced earlier come from other noise: the same speech, not the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Mel frames voiced twice at each seam (50 frames a second): the cross-fade is this long.
+MEL_CACHE_FRAMES = 8
+SAMPLES_PER_FRAME = 480  # 24 kHz audio, 50 mel frames a second
+#: The smallest window: its frames (two a token) cover the cross-fade.
+MIN_WINDOW = MEL_CACHE_FRAMES // 2
+
+
+@dataclass(frozen=True)
+class TokenWindows:
+    """Speech tokens (25 a second) per S3Gen pass: a small ``first`` window so audio starts soon, then
+    ``later`` ones (each pass renders every token so far, so larger windows cost less)."""
+
+    first: int = 12
+    later: int = 50
+
+    def __post_init__(self) -> None:
+        if min(self.first, self.later) < MIN_WINDOW:
+            raise ValueError(f"token windows must be at least {MIN_WINDOW} tokens (the cross-fade is that long)")
+
+    @classmethod
+    def parse(cls, text: str) -> TokenWindows | None:
+        """``"FIRST,LATER"`` (``"12,50"``), or ``"0"`` for none (each chunk rendered whole)."""
+        if text.strip() == "0":
+            return None
+        first, _, later = text.partition(",")
+        return cls(int(first), int(later or first))
+
+
+def t3_tokens(
+    t3: Any,
+    t3_cond: Any,
+    text_tokens: Any,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    cfg_weight: float,
+    repetition_penalty: float,
+    min_p: float,
+    top_p: float,
+) -> Iterator[int]:
+    """Speech tokens of Chatterbox's Llama T3 as they are sampled: upstream ``T3.inference``'s loop, step for
+    step (CFG pair, alignment checks of the multilingual model, repetition penalty, temperature, min-p and
+    top-p), yielding each token instead of collecting them; ends at the stop token or ``max_new_tokens``."""
+    import torch
+    from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
+    from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TopPLogitsWarper,
+    )
+
+    hp = t3.hp
+    with torch.inference_mode():
+        text_tokens = torch.atleast_2d(text_tokens).to(dtype=torch.long, device=t3.device)
+        initial = hp.start_speech_token * torch.ones_like(text_tokens[:, :1])
+        embeds, len_cond = t3.prepare_input_embeds(
+            t3_cond=t3_cond, text_tokens=text_tokens, speech_tokens=initial, cfg_weight=cfg_weight
+        )
+        analyzer = None
+        if hp.is_multilingual:
+            analyzer = AlignmentStreamAnalyzer(
+                t3.tfmr,
+                None,
+                text_tokens_slice=(len_cond, len_cond + text_tokens.size(-1)),
+                alignment_layer_idx=9,
+                eos_idx=hp.stop_speech_token,
+            )
+        model = T3HuggingfaceBackend(
+            config=t3.cfg,
+            llama=t3.tfmr,
+            speech_enc=t3.speech_emb,
+            speech_head=t3.speech_head,
+            alignment_stream_analyzer=analyzer,
+        )
+        pairs = embeds.size(0)  # 2 with CFG's unconditioned row
+        bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=embeds.device)
+        bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
+        output = model(
+            inputs_embeds=torch.cat([embeds, bos_embed.expand(pairs, -1, -1)], dim=1),
+            past_key_values=None,
+            use_cache=True,
+            output_attentions=True,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        past = output.past_key_values
+        generated = bos.clone()
+        top_p_warper = TopPLogitsWarper(top_p=top_p)
+        min_p_warper = MinPLogitsWarper(min_p=min_p)
+        repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
+    for step in range(max_new_tokens):
+        with torch.inference_mode():
+            logits = output.logits[:, -1, :]
+            if pairs == 2:
+                cond, uncond = logits[0:1, :], logits[1:2, :]
+                logits = cond + torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype) * (cond - uncond)
+            if analyzer is not None:
+                last = generated[0, -1].item() if len(generated[0]) > 0 else None
+                logits = analyzer.step(logits, next_token=last)
+            logits = repetition(generated[:1, ...], logits)
+            if temperature != 1.0:
+                logits = logits / temperature
+            logits = top_p_warper(generated[:1, ...], min_p_warper(generated[:1, ...], logits))
+            token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+            generated = torch.cat([generated, token], dim=1)
+            if token.view(-1) == hp.stop_speech_token:
+                return
+            embed = t3.speech_emb(token) + t3.speech_pos_emb.get_fixed_embedding(step + 1)
+        yield int(token)
+        with torch.inference_mode():
+            output = model(
+                inputs_embeds=embed.expand(pairs, -1, -1),
+                past_key_values=past,
+                output_attentions=True,
+                output_hidden_states=True,
+                return_dict=True,
+            )
+            past = output.past_key_values
+
+
+class WindowRenderer:
+    """S3Gen over a growing list of speech tokens, a window at a time (see the module docstring)."""
+
+    def __init__(self, s3gen: Any, ref_dict: dict[str, Any], device: str, n_cfm_timesteps: int | None) -> None:
+        self.s3gen = s3gen
+        self.ref_dict = ref_dict
+        self.device = device
+        self.steps = {"n_cfm_timesteps": n_cfm_timesteps} if n_cfm_timesteps else {}
+        self.lookahead = s3gen.flow.pre_lookahead_len
+        self.ratio = s3gen.flow.token_mel_ratio
+        self.frames_voiced = 0  # mel frames taken from the flow so far
+        self.cache: tuple[Any, Any, Any] | None = None  # (mel, source, speech) of the last overlap
+        self.fade = np.hamming(2 * MEL_CACHE_FRAMES * SAMPLES_PER_FRAME).astype(np.float32)
+
+    def ready(self, tokens: int, windows: TokenWindows) -> bool:
+        """Whether enough tokens arrived for the next window beyond what was voiced."""
+        voiceable = tokens - self.lookahead  # the flow holds the last tokens' frames back
+        window = windows.later if self.frames_voiced else windows.first
+        return voiceable * self.ratio - self.frames_voiced >= window * self.ratio
+
+    def render(self, tokens: list[int], final: bool) -> np.ndarray:
+        """The audio of the frames not voiced yet (all of them when ``final``), float32 at 24 kHz. A window
+        before the last draws its noise (the flow's and the vocoder's) from a fork of torch's generator;
+        the last pass draws from torch's generator itself, as upstream's one pass does."""
+        import torch
+
+        if final:
+            return self._render(tokens, final)
+        with torch.random.fork_rng(devices=self._cuda()):
+            return self._render(tokens, final)
+
+    def _render(self, tokens: list[int], final: bool) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            speech_tokens = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(0)
+            mels = self.s3gen.flow_inference(speech_tokens, ref_dict=self.ref_dict, finalize=True, **self.steps)
+            if not final:  # the last tokens' frames lack their look-ahead: they wait for a later pass
+                mels = mels[:, :, : (len(tokens) - self.lookahead) * self.ratio]
+            mels = mels[:, :, self.frames_voiced :].to(dtype=self.s3gen.dtype)
+            self.frames_voiced += mels.shape[2]
+            source = torch.zeros(1, 1, 0, device=self.device, dtype=self.s3gen.dtype)
+            first = self.cache is None
+            if self.cache is not None:
+                mels, source = torch.cat([self.cache[0], mels], dim=2), self.cache[1]
+            speech, excitation = self.s3gen.hift_inference(mels, source)
+            if first:  # upstream's fade-in against spill-over from the reference
+                fade = self.s3gen.trim_fade[: speech.shape[1]]
+                speech[:, : len(fade)] *= fade
+            if self.cache is not None:
+                overlap = min(self.cache[2].shape[1], speech.shape[1])
+                window = torch.from_numpy(self.fade).to(speech)
+                half = len(window) // 2
+                speech[:, :overlap] = (
+                    speech[:, :overlap] * window[:overlap] + self.cache[2][:, -overlap:] * window[half : half + overlap]
+                )
+            if final:
+                self.cache = None
+                return speech.squeeze(0).cpu().numpy()
+            keep = MEL_CACHE_FRAMES * SAMPLES_PER_FRAME
+            self.cache = (mels[:, :, -MEL_CACHE_FRAMES:], excitation[:, :, -keep:], speech[:, -keep:])
+            return speech[:, :-keep].squeeze(0).cpu().numpy()
+
+    def _cuda(self) -> list[int]:
+        import torch
+
+        if str(self.device).startswith("cuda") and torch.cuda.is_available():
+            return [torch.device(self.device).index or 0]
+        return []
