@@ -4,9 +4,10 @@
     python scripts/bench_stream.py [--checkpoint DIR] [--device cpu|cuda] [--max-tokens 75]
                                    [--windows 0 8,25 12,50 25,100] [--runs 3]
 
-Speaks a 3-sentence request (three sentence chunks) with one voice through ``VoiceDB.speak_stream``, the
-path ``voicedb serve`` streams from, once per run and window setting, the same seed every time. ``0`` is
-the baseline: each chunk rendered whole once T3 has generated it (upstream's way). For each setting:
+Speaks a 3-sentence request (one sentence chunk: chunks hold up to 300 characters) with one voice
+through ``VoiceDB.speak_stream``, the path ``voicedb serve`` streams from, once per run and window
+setting, the same seed every time. ``0`` is the baseline: each chunk rendered whole once T3 has
+generated it (upstream's way). For each setting:
 
 - time to the first audio and to the last, and the first as a share of the total (the goal: within 25%);
 - whether the audio has the baseline's length (it must: T3 samples the same tokens, see

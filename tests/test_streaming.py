@@ -47,12 +47,7 @@ def test_the_streaming_sampler_draws_upstream_s_tokens(library: VoiceDB, model: 
                 t3,
                 engine._t3_cond(conds, settings),
                 engine._t3_text_tokens(flavour, t3, tokenizer, TEXT, settings),
-                max_new_tokens=TOKENS,
-                temperature=settings.temperature,
-                cfg_weight=settings.cfg_weight,
-                repetition_penalty=settings.repetition_penalty_for(flavour),
-                min_p=settings.min_p,
-                top_p=settings.top_p_for(flavour),
+                **engine._t3_sampling(flavour, settings),
             )
             assert [t for t in streamed if t < 6561] == upstream
 

@@ -560,22 +560,14 @@ class Engine:
             return
         t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
         conds = conds.to(self.device)
-        renderer = WindowRenderer(s3gen, conds.gen, self.device, 2 if flavour.meanflow_s3gen else None)
+        renderer = WindowRenderer(
+            s3gen, conds.gen, self.device, self._cuda_devices(), 2 if flavour.meanflow_s3gen else None
+        )
         with torch.inference_mode():
             t3_cond = self._t3_cond(conds, settings)
             text_tokens = self._t3_text_tokens(flavour, t3, tokenizer, text, settings)
         tokens: list[int] = []
-        sampled = t3_tokens(
-            t3,
-            t3_cond,
-            text_tokens,
-            max_new_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            cfg_weight=settings.cfg_weight,
-            repetition_penalty=settings.repetition_penalty_for(flavour),
-            min_p=settings.min_p,
-            top_p=settings.top_p_for(flavour),
-        )
+        sampled = t3_tokens(t3, t3_cond, text_tokens, **self._t3_sampling(flavour, settings))
         for token in sampled:
             if token >= SPEECH_VOCAB:  # as upstream drops them after sampling
                 continue
@@ -591,6 +583,18 @@ class Engine:
 
         with torch.inference_mode():
             return np.asarray(self.watermarker().apply_watermark(wav, sample_rate=S3GEN_SR), dtype=np.float32)
+
+    @staticmethod
+    def _t3_sampling(flavour: Flavour, settings: SynthesisSettings) -> dict[str, Any]:
+        """How T3 samples a chunk: the same for upstream's loop and the streaming one."""
+        return {
+            "max_new_tokens": settings.max_tokens,
+            "temperature": settings.temperature,
+            "cfg_weight": settings.cfg_weight,
+            "repetition_penalty": settings.repetition_penalty_for(flavour),
+            "min_p": settings.min_p,
+            "top_p": settings.top_p_for(flavour),
+        }
 
     def _t3_cond(self, conds, settings: SynthesisSettings):
         """T3's conditioning for one chunk: the voice's, with this request's exaggeration."""
@@ -610,12 +614,7 @@ class Engine:
         speech_tokens = t3.inference(
             t3_cond=t3_cond,
             text_tokens=self._t3_text_tokens(flavour, t3, tokenizer, text, settings),
-            max_new_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            cfg_weight=settings.cfg_weight,
-            repetition_penalty=settings.repetition_penalty_for(flavour),
-            min_p=settings.min_p,
-            top_p=settings.top_p_for(flavour),
+            **self._t3_sampling(flavour, settings),
         )[0]
         speech_tokens = drop_invalid_tokens(speech_tokens)
         return speech_tokens[speech_tokens < SPEECH_VOCAB]

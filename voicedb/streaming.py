@@ -149,10 +149,13 @@ def t3_tokens(
 class WindowRenderer:
     """S3Gen over a growing list of speech tokens, a window at a time (see the module docstring)."""
 
-    def __init__(self, s3gen: Any, ref_dict: dict[str, Any], device: str, n_cfm_timesteps: int | None) -> None:
+    def __init__(
+        self, s3gen: Any, ref_dict: dict[str, Any], device: str, cuda_devices: list[int], n_cfm_timesteps: int | None
+    ) -> None:
         self.s3gen = s3gen
         self.ref_dict = ref_dict
         self.device = device
+        self.cuda_devices = cuda_devices  # whose generators a window's pass forks
         self.steps = {"n_cfm_timesteps": n_cfm_timesteps} if n_cfm_timesteps else {}
         self.lookahead = s3gen.flow.pre_lookahead_len
         self.ratio = s3gen.flow.token_mel_ratio
@@ -174,7 +177,7 @@ class WindowRenderer:
 
         if final:
             return self._render(tokens, final)
-        with torch.random.fork_rng(devices=self._cuda()):
+        with torch.random.fork_rng(devices=self.cuda_devices):
             return self._render(tokens, final)
 
     def _render(self, tokens: list[int], final: bool) -> np.ndarray:
@@ -208,10 +211,3 @@ class WindowRenderer:
             keep = MEL_CACHE_FRAMES * SAMPLES_PER_FRAME
             self.cache = (mels[:, :, -MEL_CACHE_FRAMES:], excitation[:, :, -keep:], speech[:, -keep:])
             return speech[:, :-keep].squeeze(0).cpu().numpy()
-
-    def _cuda(self) -> list[int]:
-        import torch
-
-        if str(self.device).startswith("cuda") and torch.cuda.is_available():
-            return [torch.device(self.device).index or 0]
-        return []
