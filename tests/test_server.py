@@ -180,14 +180,13 @@ def test_streamed_audio_starts_before_the_last_sentence_is_synthesised(
     from voicedb.engine import Engine
 
     finished: list[float] = []
-    original = Engine.synthesize
+    original = Engine.synthesize_stream
 
     def timed(self, *args, **kwargs):
-        audio = original(self, *args, **kwargs)
+        yield from original(self, *args, **kwargs)
         finished.append(time.monotonic())
-        return audio
 
-    monkeypatch.setattr(Engine, "synthesize", timed)
+    monkeypatch.setattr(Engine, "synthesize_stream", timed)
     with client.audio.speech.with_streaming_response.create(
         model="tts-1", voice=library.list()[0].name, input=THREE_CHUNKS, response_format="pcm"
     ) as response:
