@@ -5,6 +5,7 @@
 >>> db.add(["alice.wav"], name="alice")  # doctest: +SKIP
 """
 
+from .batching import Batcher
 from .errors import NoMatch, VoiceDBError
 from .flavours import SynthesisSettings
 from .library import VoiceDB
@@ -20,6 +21,7 @@ __all__ = [
     "Problem",
     "SynthesisSettings",
     "TokenWindows",
+    "Batcher",
     "VoiceDBError",
     "NoMatch",
 ]

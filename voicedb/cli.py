@@ -1109,6 +1109,15 @@ def default_output_name(voice_name: str) -> Path:
     "starts the audio sooner; 0 renders each sentence chunk whole.",
 )
 @click.option(
+    "--batch",
+    "max_batch",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Speech requests decoded together (English model): requests arriving within a few ms share T3's "
+    "steps; 1 speaks one request at a time.",
+)
+@click.option(
     "--open-listings",
     is_flag=True,
     help="With --api-key: list voices, models and languages without the key (Open WebUI lists them without one); "
@@ -1129,6 +1138,7 @@ def serve(
     cors_origins: tuple[str, ...],
     preload: bool,
     windows: TokenWindows | None,
+    max_batch: int,
     open_listings: bool,
 ) -> None:
     """Serve the library over HTTP, with OpenAI's speech API.
@@ -1161,6 +1171,7 @@ def serve(
         preload=preload,
         open_listings=open_listings,
         windows=windows,
+        max_batch=max_batch,
     )
     run_server(db, settings, host=host, port=port)
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import config
+from .batching import Row, batchable, batched_t3_tokens
 from .bundle import refuse_bombs
 from .campplus import CAMPPLUS_FILE, CamPlusPlus, hub_path, load_campplus
 from .campplus import SHA256 as CAMPPLUS_SHA256
@@ -48,6 +49,8 @@ from .weights import read_weights
 
 if TYPE_CHECKING:
     import torch
+
+    from .batching import Job
 
 S3_SR = 16_000  # rate of the voice encoder and the S3 speech tokenizer
 S3GEN_SR = 24_000  # rate of S3Gen's reference and of the synthesised audio
@@ -273,7 +276,7 @@ class Engine:
             return self._networks[key]
         import torch
 
-        with self._sampling, torch.random.fork_rng(devices=self._cuda_devices()):
+        with self._sampling, torch.random.fork_rng(devices=self.cuda_devices()):
             return self._cached(key, build)
 
     def loaded(self) -> list[str]:
@@ -512,12 +515,12 @@ class Engine:
         """
         import torch
 
-        with self._sampling, torch.random.fork_rng(devices=self._cuda_devices()):
+        with self._sampling, torch.random.fork_rng(devices=self.cuda_devices()):
             if seed is not None:
                 torch.manual_seed(seed)
             yield
 
-    def _cuda_devices(self) -> list[int]:
+    def cuda_devices(self) -> list[int]:
         import torch
 
         if str(self.device).startswith("cuda") and torch.cuda.is_available():
@@ -561,7 +564,7 @@ class Engine:
         t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
         conds = conds.to(self.device)
         renderer = WindowRenderer(
-            s3gen, conds.gen, self.device, self._cuda_devices(), 2 if flavour.meanflow_s3gen else None
+            s3gen, conds.gen, self.device, self.cuda_devices(), 2 if flavour.meanflow_s3gen else None
         )
         with torch.inference_mode():
             t3_cond = self._t3_cond(conds, settings)
@@ -576,6 +579,75 @@ class Engine:
                 yield self._watermarked(renderer.render(tokens, final=False))
         tokens += [S3GEN_SIL] * max(0, MIN_RENDERED_TOKENS - len(tokens))  # as ``_renderable``
         yield self._watermarked(renderer.render(tokens, final=True))
+
+    def synthesize_batch(self, jobs: list[Job]) -> None:
+        """The next sentence chunk of each of ``jobs`` (one model flavour), decoded together
+        (``voicedb.batching``): each job's audio goes to its ``pieces`` as it is rendered, in windows when
+        its settings ask for them, and its ``next_chunk`` moves on."""
+        import torch
+        from chatterbox.models.s3gen.const import S3GEN_SIL
+
+        flavour = jobs[0].flavour
+        with self._sampling:
+            if len(jobs) == 1 and not batchable(flavour):  # upstream's own loop, with the job's generators
+                job = jobs[0]
+                text, windows = job.chunks[job.next_chunk], job.settings.windows
+                with job.random.active():
+                    pieces = (
+                        self.synthesize_stream(flavour, job.conds, text, job.settings, windows)
+                        if windows
+                        else iter([self.synthesize(flavour, job.conds, text, job.settings)])
+                    )
+                    for piece in pieces:
+                        job.pieces.put(piece)
+                        if job.cancelled.is_set():
+                            break
+                job.next_chunk += 1
+                return
+            t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
+            steps = 2 if flavour.meanflow_s3gen else None
+            rows, renderers = [], []
+            with torch.inference_mode():
+                for job in jobs:
+                    text = job.chunks[job.next_chunk]
+                    rows.append(
+                        Row(
+                            self._t3_cond(job.conds, job.settings),
+                            self._t3_text_tokens(flavour, t3, tokenizer, text, job.settings),
+                            self._t3_sampling(flavour, job.settings),
+                            job.random,
+                        )
+                    )
+                    renderers.append(WindowRenderer(s3gen, job.conds.gen, self.device, self.cuda_devices(), steps))
+            tokens: list[list[int]] = [[] for _ in jobs]
+            stopped = [False] * len(jobs)
+            finished = [False] * len(jobs)
+
+            def render(index: int, final: bool) -> None:
+                job = jobs[index]
+                if final:
+                    finished[index] = True
+                    tokens[index] += [S3GEN_SIL] * max(0, MIN_RENDERED_TOKENS - len(tokens[index]))
+                with job.random.active():
+                    job.pieces.put(self._watermarked(renderers[index].render(tokens[index], final=final)))
+
+            for step in batched_t3_tokens(t3, rows, stopped):
+                for index, token in enumerate(step):
+                    stopped[index] = jobs[index].cancelled.is_set()
+                    if stopped[index] or finished[index]:
+                        continue
+                    if token is None or token >= SPEECH_VOCAB:
+                        if token is None:
+                            render(index, final=True)
+                        continue
+                    tokens[index].append(token)
+                    windows = jobs[index].settings.windows
+                    if windows and renderers[index].ready(len(tokens[index]), windows):
+                        render(index, final=False)
+            for index, job in enumerate(jobs):
+                if not finished[index] and not job.cancelled.is_set():
+                    render(index, final=True)
+                job.next_chunk += 1
 
     def _watermarked(self, wav: np.ndarray) -> np.ndarray:
         """Upstream's Perth watermark, as every Chatterbox output carries."""
@@ -639,8 +711,9 @@ class Engine:
 
             text_tokens = tokenizer.text_to_tokens(punc_norm(text))
         text_tokens = text_tokens.to(self.device)
-        if settings.cfg_weight > 0.0 or flavour.always_paired_cfg:
-            text_tokens = torch.cat([text_tokens, text_tokens], dim=0)
+        # CFG's pair even at cfg_weight 0 (then the unconditioned row weighs nothing): upstream's multilingual
+        # model pairs always, and its English loop fails on a single row
+        text_tokens = torch.cat([text_tokens, text_tokens], dim=0)
         text_tokens = F.pad(text_tokens, (1, 0), value=t3.hp.start_text_token)
         return F.pad(text_tokens, (0, 1), value=t3.hp.stop_text_token)
 

@@ -32,7 +32,6 @@ class Flavour:
     meanflow_s3gen: bool = False  # Turbo's S3Gen decodes in 2 mean-flow steps
     strict_s3gen_weights: bool = True  # every S3Gen weight must be present in the checkpoint
     loudness_normalised_reference: bool = False  # upstream Turbo normalises the reference to -27 LUFS
-    always_paired_cfg: bool = False  # upstream multilingual runs CFG pairs even at cfg_weight 0
     repetition_penalty: float = 1.2
     top_p: float = 1.0
 
@@ -76,7 +75,6 @@ FLAVOURS: dict[str, Flavour] = {
             prompt_tokens=150,
             multilingual=True,
             strict_s3gen_weights=False,
-            always_paired_cfg=True,
             repetition_penalty=2.0,
         ),
         Flavour(

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import config
 from .audio import AudioInput
+from .batching import Batcher
 from .blends import Blending
 from .bulk import BulkEnrollment, BulkResult, BulkVoice
 from .calibration import Thresholds
@@ -377,6 +378,7 @@ class VoiceDB:
         settings: SynthesisSettings | None = None,
         seed: int | None = None,
         reference: AudioInput | None = None,
+        batcher: Batcher | None = None,
     ) -> SpeechStream:
         """Like ``speak``, chunk by chunk: iterate the result for each sentence chunk's audio (float32,
         24 kHz, the pause before it included) as soon as it is synthesised; ``close()`` stops early.
@@ -384,10 +386,17 @@ class VoiceDB:
         The voice, language and text are checked before this returns, so a bad request fails here.
         Consume it on one thread: it holds the engine's sampler until exhausted or closed. ``reference``
         (a path, bytes, or samples with their rate) speaks with a voice made from that clip alone, enrolled
-        nowhere (``ref`` is then unused).
+        nowhere (``ref`` is then unused). With ``batcher`` (``Batcher(db.engine)``, shared by the threads that
+        speak), requests made at once are decoded together; a seed gives the same speech either way.
         """
         return self._synthesizer.stream(
-            ref or "", text, model=model, settings=settings or SynthesisSettings(), seed=seed, reference=reference
+            ref or "",
+            text,
+            model=model,
+            settings=settings or SynthesisSettings(),
+            seed=seed,
+            reference=reference,
+            batcher=batcher,
         )
 
     def blend(self, spec: str, *, name: str, tags: Sequence[str] = ()) -> Voice:

@@ -5,9 +5,10 @@ request waits for a whole chunk. Here T3's sampling loop (upstream's, step for s
 for the same seed) hands each token over as it is drawn, and every ``TokenWindows`` tokens S3Gen
 renders what has arrived, as CosyVoice 2, whose flow and vocoder S3Gen is, streams:
 
-- the flow runs over every token so far; the mel frames of the last ``pre_lookahead_len`` tokens are
-  held back (its encoder looks that far ahead, and for them it saw only padding), and only frames not yet
-  voiced are taken;
+- the flow runs over the tokens not voiced yet plus ``FLOW_CONTEXT_TOKENS`` before them (not over every
+  token so far: a pass costs the same at the end of a long chunk as at its start), after the reference
+  prompt as always; the mel frames of the last ``pre_lookahead_len`` tokens are held back (its encoder
+  looks that far ahead, and for them it saw only padding), and only frames not yet voiced are taken;
 - the vocoder (HiFT) voices them after the last ``MEL_CACHE_FRAMES`` frames already voiced, continuing
   their excitation source, and the overlap is cross-faded with a Hamming window, so seams do not click;
 - the noise of a window's pass (the flow's and the vocoder's) is drawn from a fork of torch's generator,
@@ -28,6 +29,9 @@ import numpy as np
 #: Mel frames voiced twice at each seam (50 frames a second): the cross-fade is this long.
 MEL_CACHE_FRAMES = 8
 SAMPLES_PER_FRAME = 480  # 24 kHz audio, 50 mel frames a second
+#: Tokens already voiced that a window's flow pass still reads (1 s), so the frames it adds continue
+#: the speech before them; earlier tokens are left out, which keeps each pass's cost bounded.
+FLOW_CONTEXT_TOKENS = 25
 #: The smallest window: its frames (two a token) cover the cross-fade.
 MIN_WINDOW = MEL_CACHE_FRAMES // 2
 
@@ -35,7 +39,8 @@ MIN_WINDOW = MEL_CACHE_FRAMES // 2
 @dataclass(frozen=True)
 class TokenWindows:
     """Speech tokens (25 a second) per S3Gen pass: a small ``first`` window so audio starts soon, then
-    ``later`` ones (each pass renders every token so far, so larger windows cost less)."""
+    ``later`` ones (each pass also renders the reference prompt and some context, so larger windows cost
+    less in all)."""
 
     first: int = 12
     later: int = 50
@@ -184,11 +189,12 @@ class WindowRenderer:
         import torch
 
         with torch.inference_mode():
-            speech_tokens = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(0)
+            start = max(0, self.frames_voiced // self.ratio - FLOW_CONTEXT_TOKENS)
+            speech_tokens = torch.tensor(tokens[start:], dtype=torch.long, device=self.device).unsqueeze(0)
             mels = self.s3gen.flow_inference(speech_tokens, ref_dict=self.ref_dict, finalize=True, **self.steps)
             if not final:  # the last tokens' frames lack their look-ahead: they wait for a later pass
-                mels = mels[:, :, : (len(tokens) - self.lookahead) * self.ratio]
-            mels = mels[:, :, self.frames_voiced :].to(dtype=self.s3gen.dtype)
+                mels = mels[:, :, : (len(tokens) - self.lookahead - start) * self.ratio]
+            mels = mels[:, :, self.frames_voiced - start * self.ratio :].to(dtype=self.s3gen.dtype)
             self.frames_voiced += mels.shape[2]
             source = torch.zeros(1, 1, 0, device=self.device, dtype=self.s3gen.dtype)
             first = self.cache is None

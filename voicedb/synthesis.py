@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .audio import AudioInput, load_clip
+from .batching import Batcher
 from .blends import Blending, is_blend
 from .catalog import Catalog
 from .conditionals import ConditionalsStore
@@ -135,9 +136,11 @@ class Synthesizer:
         seed: int | None = None,
         progress: ProgressHook | None = None,
         reference: AudioInput | None = None,
+        batcher: Batcher | None = None,
     ) -> SpeechStream:
         """Check the request and load the voice now (with ``reference``: a one-off voice from that clip,
-        enrolled nowhere, ``ref`` unused); the returned iterable synthesises chunk by chunk."""
+        enrolled nowhere, ``ref`` unused); the returned iterable synthesises chunk by chunk (through
+        ``batcher``, with other requests, when given; ``progress`` is then not called)."""
         flavour = flavour_named(model)
         chunks = split_text(text)
         if reference is not None:
@@ -148,6 +151,10 @@ class Synthesizer:
         language = flavour.check_language(settings.language or (voice.language if flavour.multilingual else None))
         settings = replace(settings, language=language)
         engine = self.ctx.engine
+        speaker = conds.t3.speaker_emb.detach().cpu().numpy().reshape(-1).astype(np.float32)
+        if batcher is not None:
+            audio = batcher.submit(flavour, conds, chunks, settings, seed, pause(S3GEN_SR))
+            return SpeechStream(voice, chunks, audio, speaker)
 
         def pieces() -> Iterator[np.ndarray]:
             with engine.sampling(seed):
@@ -161,7 +168,6 @@ class Synthesizer:
                     else:
                         yield from engine.synthesize_stream(flavour, conds, chunk, settings, settings.windows)
 
-        speaker = conds.t3.speaker_emb.detach().cpu().numpy().reshape(-1).astype(np.float32)
         return SpeechStream(voice, chunks, pieces(), speaker)
 
 

@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..audio import AudioSource
+from ..batching import Batcher
 from ..blends import is_blend
 from ..calibration import verdict
 from ..errors import AmbiguousVoice, InvalidBlend, NameTaken, NoClips, NoMatch, VoiceDBError, VoiceNotFound
@@ -87,6 +88,8 @@ class ServerSettings:
     open_listings: bool = False
     #: Speech tokens S3Gen renders at a time while T3 generates (None: each sentence chunk whole).
     windows: TokenWindows | None = TokenWindows()
+    #: Speech requests decoded together (``voicedb.batching``); 1: one at a time.
+    max_batch: int = 1
 
 
 class VoiceId(BaseModel):
@@ -148,7 +151,9 @@ class VoicePatch(BaseModel):
 def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving ``db``; uvicorn runs it (see ``serve``)."""
     settings = settings or ServerSettings()
-    queue = WorkQueue("synthesis", settings.workers, settings.max_waiting, settings.timeout)
+    # with batching, up to max_batch speech requests run at once, in the batcher's batches
+    batcher = Batcher(db.engine, settings.max_batch) if settings.max_batch > 1 else None
+    queue = WorkQueue("synthesis", max(settings.workers, settings.max_batch), settings.max_waiting, settings.timeout)
     uploads = WorkQueue("upload", settings.upload_workers, settings.max_waiting, settings.timeout)
 
     @contextlib.asynccontextmanager
@@ -158,6 +163,8 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         yield
         for accepted in (queue, uploads):  # finish what was accepted
             await run_in_threadpool(accepted.shutdown)
+        if batcher is not None:
+            await run_in_threadpool(batcher.close)
 
     app = FastAPI(
         title="voicedb",
@@ -290,12 +297,20 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
             if reference is not None:
                 with about("voice_file"):
                     return db.speak_stream(
-                        None, request.input, model=flavour, settings=options, seed=request.seed, reference=reference
+                        None,
+                        request.input,
+                        model=flavour,
+                        settings=options,
+                        seed=request.seed,
+                        reference=reference,
+                        batcher=batcher,
                     )
             with about("voice"):
                 voice = resolve_voice(db, request.requested_voice, settings.default_voice)
             with about("voice", VoiceNotFound, AmbiguousVoice, NoClips, InvalidBlend):
-                return db.speak_stream(voice, request.input, model=flavour, settings=options, seed=request.seed)
+                return db.speak_stream(
+                    voice, request.input, model=flavour, settings=options, seed=request.seed, batcher=batcher
+                )
 
         pieces = queue.stream(open_stream)
         first = await anext(pieces)  # errors before any audio get their status here
