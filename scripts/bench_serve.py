@@ -20,6 +20,11 @@ of every synthesis, grows with the reference's length). Then, all to 127.0.0.1:
 - memory: the server's resident set before and after the cycle (a leak shows as growth after the
   first pass, once every voice's conditionals are cached).
 - enrollment: one ``POST /v1/voices`` to the warm server against one ``voicedb add`` process.
+- streaming and batching, on two more servers over the same library, one with ``--batch`` (the most
+  concurrent clients) and one with ``--batch 1``, both capped at ``--stream-tokens`` speech tokens:
+  time to the first audio and to the last of a 3-sentence request (the goal: the first within 25% of
+  the total), then throughput at ``--speech-clients`` concurrent clients (1, 4, 8, 16), each sending
+  one such request with its own voice and seed at the same moment, batched against one at a time.
 
 Prints Markdown tables and the device they ran on. The offline test checkpoint
 (scripts/make_test_checkpoint.py; built into .pytest_cache when ``--checkpoint`` is not given) has a
@@ -55,14 +60,49 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEECH = ROOT / "tests" / "data" / "speech"
 CHECKPOINT_CACHE = ROOT / ".pytest_cache" / "d" / "voicedb-test-checkpoint"  # the tests' cached copy
 TEXT = "The quick brown fox jumps over the lazy dog."
+THREE_SENTENCES = (
+    "The first sentence of this request is long enough to take a while. "
+    "Then a second sentence follows it, about as long as the first one was. "
+    "And a third sentence closes the request, so that there is more to say."
+)
 SEED = 1
 
 #: Per device: voices, requests (per speech row), cycle, processes (voicedb speak), match requests
 #: (per concurrency level), CLI match repeats, reference seconds.
 PROFILES = {
-    "cuda": dict(voices=20, requests=20, cycle=200, processes=3, match_requests=48, cli_repeats=3, ref_seconds=10.0),
-    "cpu": dict(voices=20, requests=8, cycle=32, processes=3, match_requests=48, cli_repeats=3, ref_seconds=3.0),
-    "quick": dict(voices=3, requests=2, cycle=6, processes=1, match_requests=16, cli_repeats=1, ref_seconds=3.0),
+    "cuda": dict(
+        voices=20,
+        requests=20,
+        cycle=200,
+        processes=3,
+        match_requests=48,
+        cli_repeats=3,
+        ref_seconds=10.0,
+        stream_requests=5,
+        stream_tokens=150,
+    ),
+    "cpu": dict(
+        voices=20,
+        requests=8,
+        cycle=32,
+        processes=3,
+        match_requests=48,
+        cli_repeats=3,
+        ref_seconds=3.0,
+        stream_requests=2,
+        stream_tokens=50,
+    ),
+    "quick": dict(
+        voices=3,
+        requests=2,
+        cycle=6,
+        processes=1,
+        match_requests=16,
+        cli_repeats=1,
+        ref_seconds=3.0,
+        stream_requests=1,
+        stream_tokens=25,
+    ),
 }
 
 ENROLL = """
@@ -115,13 +155,13 @@ def voicedb_process(args: list[str], env: dict[str, str], timeout: float) -> tup
 class Server:
     """``voicedb serve`` as a subprocess on a free loopback port; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, env: dict[str, str], log: Path, max_tokens: int) -> None:
+    def __init__(self, env: dict[str, str], log: Path, max_tokens: int, batch: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_handle = open(log, "w")  # noqa: SIM115 - closed in stop()
         command = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--preload"]
-        command += ["--max-tokens", str(max_tokens)]
+        command += ["--max-tokens", str(max_tokens), "--batch", str(batch)]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "voicedb", *command],
@@ -168,9 +208,11 @@ class Server:
         self._log_handle.close()
 
 
-def speak_once(client: httpx.Client, voice: str, text: str, fmt: str, failures: Failures) -> tuple[float, float] | None:
+def speak_once(
+    client: httpx.Client, voice: str, text: str, fmt: str, failures: Failures, seed: int = SEED
+) -> tuple[float, float] | None:
     """(seconds to the first body byte, seconds to the last) of one streamed speech request."""
-    body = {"model": "tts-1", "input": text, "voice": voice, "response_format": fmt, "seed": SEED}
+    body = {"model": "tts-1", "input": text, "voice": voice, "response_format": fmt, "seed": seed}
     start = time.perf_counter()
     first = None
     received = 0
@@ -226,6 +268,49 @@ def match_level(
     return len(latencies) / (time.perf_counter() - start), latencies, sum(matched)
 
 
+def speech_level(
+    client: httpx.Client, names: list[str], clients: int, args: argparse.Namespace, failures: Failures
+) -> tuple[float, list[float], list[float]]:
+    """(requests per second, first-audio seconds, total seconds) of ``clients`` 3-sentence requests sent
+    at the same moment, each with its own voice and seed."""
+
+    def one(n: int) -> tuple[float, float] | None:
+        return speak_once(client, names[n % len(names)], THREE_SENTENCES, "pcm", failures, seed=SEED + n)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+        timings = [t for t in pool.map(one, range(clients)) if t is not None]
+    return len(timings) / (time.perf_counter() - start), [t[0] for t in timings], [t[1] for t in timings]
+
+
+def streaming_and_batching(
+    args: argparse.Namespace, env: dict[str, str], scratch: Path, names: list[str], failures: Failures
+) -> dict[int, dict[str, object]]:
+    """Per ``--batch`` setting (batched, then one at a time): the 3-sentence request's timings alone and
+    the throughput at each number of concurrent clients, each on a fresh server."""
+    results: dict[int, dict[str, object]] = {}
+    timeout = httpx.Timeout(args.timeout, connect=10)
+    limits = httpx.Limits(max_connections=max(args.speech_clients) + 4)
+    for batch in (max(args.speech_clients), 1):
+        server = Server(env, scratch / f"server-batch-{batch}.log", args.stream_tokens, batch)
+        try:
+            with httpx.Client(base_url=server.url, timeout=timeout, limits=limits, trust_env=False) as client:
+                print(f"streaming and batching, --batch {batch}: waiting for /ready ...", flush=True)
+                server.wait_ready(client, min(args.timeout, 300))
+                speak_once(client, names[0], THREE_SENTENCES, "pcm", failures)  # warm-up
+                alone = [
+                    speak_once(client, names[0], THREE_SENTENCES, "pcm", failures) for _ in range(args.stream_requests)
+                ]
+                levels = {}
+                for clients in args.speech_clients:
+                    print(f"  {clients} concurrent speech client{'s' * (clients != 1)} ...", flush=True)
+                    levels[clients] = speech_level(client, names, clients, args, failures)
+                results[batch] = {"alone": [t for t in alone if t], "levels": levels}
+        finally:
+            server.stop()
+    return results
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -247,6 +332,13 @@ def main() -> None:
     parser.add_argument("--text", default=TEXT, help="what every speech request says (up to 300 characters: one chunk)")
     parser.add_argument("--format", default="wav", choices=["wav", "pcm", "mp3", "opus", "aac", "flac"])
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server and CLI processes")
+    parser.add_argument(
+        "--speech-clients", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent speech clients, batched or not"
+    )
+    parser.add_argument("--stream-requests", type=int, help="3-sentence requests timed alone (default 5 CUDA, 2 CPU)")
+    parser.add_argument(
+        "--stream-tokens", type=int, help="speech-token cap of the streaming servers (150 CUDA, 50 CPU)"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds any one request or process may take")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the server is stopped on kill too
@@ -294,7 +386,7 @@ def main() -> None:
         print(f"  {enroll_s:.1f} s in one process", flush=True)
 
         failures = Failures()
-        server = Server(env, scratch / "server.log", args.max_tokens)
+        server = Server(env, scratch / "server.log", args.max_tokens, 1)
         results: dict[str, object] = {}
         try:
             results = run_benchmarks(args, server, env, scratch, names, clips, failures)
@@ -304,7 +396,8 @@ def main() -> None:
             raise
         finally:
             server.stop()
-        log = server.log.read_text(errors="replace")
+        results["streaming"] = streaming_and_batching(args, env, scratch, names, failures)
+        log = "\n".join(path.read_text(errors="replace") for path in sorted(scratch.glob("server*.log")))
 
     report(args, checkpoint, results, server, failures, log)
 
@@ -466,6 +559,8 @@ def report(
     print(f"| `POST /v1/voices` to the running server | {http:.2f} | {http / cli_add:.2f}x |")
     print(f"| `voicedb add`, one process | {cli_add:.2f} | 1.00x |")
 
+    report_streaming(args, r["streaming"])
+
     if server.stop_seconds is not None:
         print(f"\nserver stopped {server.stop_seconds:.1f} s after SIGTERM")
     elif server.exited_early is not None:
@@ -483,6 +578,32 @@ def report(
             print(f"  server log: {line}")
     else:
         print("problems: none (every request answered 2xx, no tracebacks or 5xx in the server log)")
+
+
+def report_streaming(args: argparse.Namespace, streaming: dict[int, dict[str, object]]) -> None:
+    batched, single = max(streaming), 1
+    print(
+        f"\n| a 3-sentence request alone ({args.stream_tokens} speech tokens) | requests | first audio s | total s "
+        "| first / total |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for batch in (batched, single):
+        alone = streaming[batch]["alone"]
+        first, total = med([t[0] for t in alone]), med([t[1] for t in alone])
+        print(f"| server, `--batch {batch}` | {len(alone)} | {first:.3f} | {total:.3f} | {first / total:.0%} |")
+
+    print(
+        f"\n| concurrent speech clients | `--batch {batched}` requests/s | `--batch 1` requests/s | throughput ratio "
+        "| first audio s, batched / one at a time (median) | total s, batched / one at a time (median) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for clients in args.speech_clients:
+        on_rps, on_first, on_total = streaming[batched]["levels"][clients]
+        off_rps, off_first, off_total = streaming[single]["levels"][clients]
+        print(
+            f"| {clients} | {on_rps:.3f} | {off_rps:.3f} | {on_rps / (off_rps or float('nan')):.2f}x | "
+            f"{med(on_first):.2f} / {med(off_first):.2f} | {med(on_total):.2f} / {med(off_total):.2f} |"
+        )
 
 
 if __name__ == "__main__":

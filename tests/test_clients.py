@@ -191,7 +191,19 @@ def test_travisvn_s_service_endpoints(http: httpx.Client):
         languages = http.get(path).json()
         assert languages["model_type"] == "standard" and languages["languages"] == [{"code": "en", "name": "English"}]
     assert http.get("/v1/voices/default").json()["default_voice"] is None
-    for method, path in (("GET", "/status/history"), ("GET", "/info"), ("POST", "/v1/voices/default")):
+    for path in ("/v1/ping", "/v1/health", "/processing", "/v1/status"):  # travisvn's other names
+        assert http.get(path).status_code == 200, path
+    for method, path in (
+        ("GET", "/status/history"),
+        ("GET", "/info"),
+        ("POST", "/v1/voices/default"),
+        ("GET", "/memory"),
+        ("POST", "/memory/reset"),
+        ("POST", "/audio/speech/long"),
+        ("GET", "/v1/audio/speech/long/jobs"),
+        ("GET", "/stats"),
+        ("POST", "/voices/cleanup"),
+    ):
         answer = http.request(method, path)
         assert answer.status_code == 501 and "voicedb serve does not offer" in fmt_error(answer)["message"], path
 
@@ -199,17 +211,21 @@ def test_travisvn_s_service_endpoints(http: httpx.Client):
 def test_travisvn_s_voice_library_calls(http: httpx.Client, library: VoiceDB, multi_clip_speakers):
     clip = multi_clip_speakers[list(multi_clip_speakers)[0]][0]
     files = {"voice_file": (clip.name, clip.read_bytes(), "audio/flac")}
-    created = http.post("/v1/voices", data={"voice_name": "travis-voice", "language": "en"}, files=files)
+    created = http.post("/voices", data={"voice_name": "travis-voice", "language": "en"}, files=files)  # its path
     assert created.status_code == 201, created.text
     assert created.json()["voice"]["name"] == "travis-voice" and created.json()["message"].startswith("enrolled")
     try:
-        listed = http.get("/v1/voices").json()
-        assert listed["count"] == len(listed["voices"]) and "travis-voice" in [v["name"] for v in listed["voices"]]
-        downloaded = http.get("/v1/voices/travis-voice/download")
+        for path in ("/voices", "/v1/voices", "/voice-library"):
+            listed = http.get(path).json()
+            assert listed["count"] == len(listed["voices"]) and "travis-voice" in [v["name"] for v in listed["voices"]]
+        assert "travis-voice" in [v["name"] for v in http.get("/audio/voices").json()["voices"]]
+        downloaded = http.get("/voices/travis-voice/download")
         assert downloaded.status_code == 200 and downloaded.content == clip.read_bytes()
-        renamed = http.put("/v1/voices/travis-voice", data={"new_name": "travis-renamed"})
+        renamed = http.put("/voices/travis-voice", data={"new_name": "travis-renamed"})
         assert renamed.json()["old_name"] == "travis-voice" and renamed.json()["new_name"] == "travis-renamed"
         refused(http.put("/v1/voices/travis-renamed", data={"new_name": "ann"}), 409, "new_name")
+        deleted = http.delete("/voices/travis-renamed").json()
+        assert deleted["voice_name"] == "travis-renamed" and deleted["message"].startswith("deleted")
     finally:
         library.remove(*(v.id for v in library.list() if v.name.startswith("travis-")))
 
@@ -218,10 +234,10 @@ def test_travisvn_s_speech_with_a_one_off_clip_enrolls_nothing(http: httpx.Clien
     clip = next(iter(speakers.values()))[0]
     before = [v.id for v in library.list()]
     form = {"input": "Spoken with a clip that is kept nowhere.", "exaggeration": "0.6", "temperature": "0.7"}
-    spoken = http.post("/v1/audio/speech/upload", data=form, files={"voice_file": (clip.name, clip.read_bytes())})
+    spoken = http.post("/audio/speech/upload", data=form, files={"voice_file": (clip.name, clip.read_bytes())})
     assert spoken.headers["content-type"] == "audio/wav"  # travisvn's default format
     decoded(spoken)
-    by_name = http.post("/v1/audio/speech/upload", data={"input": "Hello.", "voice": "ann", "response_format": "flac"})
+    by_name = http.post("/tts/upload", data={"input": "Hello.", "voice": "ann", "response_format": "flac"})
     assert by_name.headers["content-type"] == "audio/flac" and len(decoded(by_name))
     not_audio = http.post("/v1/audio/speech/upload", data={"input": "Hi."}, files={"voice_file": ("a.wav", b"text")})
     refused(not_audio, 415, "voice_file")
@@ -231,10 +247,11 @@ def test_travisvn_s_speech_with_a_one_off_clip_enrolls_nothing(http: httpx.Clien
 
 def test_travisvn_s_streaming_speech(http: httpx.Client, library: VoiceDB):
     body = {"input": "First sentence. Second one.", "voice": "ann", "exaggeration": 0.5, "seed": 6}
-    streamed = http.post("/v1/audio/speech/stream", json=body)
+    streamed = http.post("/audio/speech/stream", json=body)
     assert streamed.headers["content-type"] == "audio/wav"
-    plain = http.post("/v1/audio/speech", json={**body, "response_format": "wav"})
+    plain = http.post("/tts", json={**body, "response_format": "wav"})
     assert np.array_equal(decoded(streamed), decoded(plain))
+    assert np.array_equal(decoded(http.post("/v1/audio/speech/stream", json=body)), decoded(plain))
     refused(http.post("/v1/audio/speech/stream", content=b"not json"), 400, None)
 
 

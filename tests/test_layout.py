@@ -12,7 +12,7 @@ LAYERS = [
     {"errors", "files", "faults", "records"},
     {"config", "matchers", "streaming"},
     {"flavours", "audio", "speech", "bundle", "store", "locks", "objects", "weights"},
-    {"voice_encoder", "campplus", "batching"},
+    {"voice_encoder", "campplus", "batching", "encoding", "playback"},
     {"weight_sources"},
     {"index", "engine", "embeddings"},
     {"speakers"},

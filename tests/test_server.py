@@ -177,16 +177,18 @@ def test_speed_keeps_the_pitch_and_changes_the_length(client: openai.OpenAI, lib
 def test_streamed_audio_starts_before_the_last_sentence_is_synthesised(
     client: openai.OpenAI, library: VoiceDB, monkeypatch: pytest.MonkeyPatch
 ):
-    from voicedb.engine import Engine
+    from voicedb.streaming import WindowRenderer
 
-    finished: list[float] = []
-    original = Engine.synthesize_stream
+    finished: list[float] = []  # when each sentence chunk's last window was rendered
+    original = WindowRenderer.render
 
-    def timed(self, *args, **kwargs):
-        yield from original(self, *args, **kwargs)
-        finished.append(time.monotonic())
+    def timed(self, tokens: list[int], final: bool):
+        audio = original(self, tokens, final)
+        if final:
+            finished.append(time.monotonic())
+        return audio
 
-    monkeypatch.setattr(Engine, "synthesize_stream", timed)
+    monkeypatch.setattr(WindowRenderer, "render", timed)
     with client.audio.speech.with_streaming_response.create(
         model="tts-1", voice=library.list()[0].name, input=THREE_CHUNKS, response_format="pcm"
     ) as response:
@@ -377,7 +379,11 @@ def test_bad_requests_are_openai_errors_with_the_right_status_and_change_nothing
         response = httpx.post(speech, json={"model": "tts-1", **body}, timeout=60)
         assert response.status_code == status, (body, response.text)
         fmt_error(response)
-    assert httpx.post(speech, content=b"not json", timeout=60).status_code == 400
+    not_json = httpx.post(speech, content=b"not json", headers={"content-type": "application/json"}, timeout=60)
+    assert not_json.status_code == 400 and fmt_error(not_json)["code"] == "invalid_json"
+    assert fmt_error(not_json)["param"] is None and fmt_error(not_json)["message"].startswith(
+        "the body is not valid JSON"
+    )
     before = [v.to_dict() for v in library.list()]
     not_audio = httpx.post(f"{server}/v1/voices", files={"file": ("notes.wav", b"this is text")}, data={"name": "x"})
     assert not_audio.status_code == 415 and fmt_error(not_audio)["code"] == "unsupported_media_type"
@@ -450,7 +456,7 @@ def test_uploads_over_the_limit_are_413(library: VoiceDB):
 
 def test_a_full_queue_answers_503_with_retry_after(library: VoiceDB):
     voice = library.list()[0].id
-    with running(library, max_waiting=0) as url:
+    with running(library, max_waiting=0, max_batch=1) as url:
 
         def speak(_n: int) -> httpx.Response:
             body = {"model": "tts-1", "voice": voice, "input": "One. Two. Three. Four.", "response_format": "pcm"}

@@ -6,6 +6,8 @@ The random T3 never emits its stop token, so every call caps speech tokens with 
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +318,75 @@ def test_turbo_enrollment_warns_on_short_clips_and_strict_refuses(home: Path, sp
     result = run(*turbo, str(long), "--name", "long", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["models"] == ["turbo"]
+
+
+STREAMED = ("Hello there. And a second sentence.", "--max-tokens", "30", "--seed", "5", "--stream-window", "8,12")
+
+
+def spoken_in_windows(name: str) -> np.ndarray:
+    """What ``VoiceDB.speak_stream`` (the server's path) says for ``STREAMED``, whole."""
+    from voicedb import SynthesisSettings, TokenWindows, VoiceDB
+
+    settings = SynthesisSettings(max_tokens=30, windows=TokenWindows(8, 12))
+    return np.concatenate(list(VoiceDB().speak_stream(name, STREAMED[0], settings=settings, seed=5)))
+
+
+def test_speak_streams_to_stdout_the_audio_the_server_streams(two_voices):
+    name = next(iter(two_voices))
+    result = run("speak", "--voice", name, *STREAMED, "-o", "-", "--format", "pcm")
+    assert result.exit_code == 0, result.stderr
+    pcm = np.frombuffer(result.stdout_bytes, dtype="<i2")
+    expected = np.rint(np.clip(spoken_in_windows(name), -1, 1) * 32767).astype("<i2")
+    assert np.array_equal(pcm, expected)
+    assert result.stderr.startswith(f"streamed {len(pcm) / 24_000:.1f} s (1 chunk, voice {name})")
+
+    wav = run("speak", "--voice", name, *STREAMED, "-o", "-")
+    assert wav.stdout_bytes[:4] == b"RIFF" and wav.stdout_bytes[44:] == result.stdout_bytes
+
+
+def test_speak_play_hands_each_window_to_the_sound_card_as_it_comes(two_voices, monkeypatch):
+    """The sound card is the one part faked: PortAudio has no device here."""
+
+    class Speakers:
+        opened: list[dict] = []
+        blocks: list[np.ndarray] = []
+
+        def __init__(self, **stream):
+            self.opened.append(stream)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, block: np.ndarray) -> None:
+            self.blocks.append(block.copy())
+
+    monkeypatch.setitem(
+        sys.modules, "sounddevice", types.SimpleNamespace(OutputStream=Speakers, PortAudioError=OSError)
+    )
+    name = next(iter(two_voices))
+    result = run("speak", "--voice", name, *STREAMED, "--play")
+    assert result.exit_code == 0, result.stderr
+    assert Speakers.opened == [{"samplerate": 24_000, "channels": 1, "dtype": "float32"}]
+    assert len(Speakers.blocks) > 1 and all(b.dtype == np.float32 and b.shape[1] == 1 for b in Speakers.blocks)
+    played = np.concatenate(Speakers.blocks)[:, 0]
+    assert np.array_equal(played, spoken_in_windows(name))
+    assert result.stdout.startswith(f"played {len(played) / 24_000:.1f} s (1 chunk, voice {name})")
+
+
+def test_speak_play_without_a_sound_library_says_what_to_install(two_voices, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as when it is not installed
+    error = run_fails("speak", "--voice", next(iter(two_voices)), "Hi.", "--max-tokens", "5", "--play")
+    assert "pip install 'voicedb[play]'" in error
+
+
+def test_streamed_speech_refuses_what_needs_a_whole_file(two_voices):
+    name = next(iter(two_voices))
+    for options, said in (
+        (("--play", "-o", "x.wav"), "give one"),
+        (("-o", "-", "--verify"), "not with --play or -o -"),
+    ):
+        result = run("speak", "--voice", name, "Hi.", *options)
+        assert result.exit_code == 2 and "Error: " in result.stderr and said in result.stderr, result.stderr

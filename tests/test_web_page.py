@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,24 @@ def test_a_user_enrolls_hears_speaks_matches_renames_and_deletes_from_the_page(
         enroll(other, other_clip)
         assert text_of("#messages") == ""
         until_text("#voice-count", "2 of 2 voices")
+        browser.find_element(By.ID, "search").send_keys(speaker)
+        until_text("#voice-count", "1 of 2 voices")
+        assert [c.text for c in browser.find_elements(By.CSS_SELECTOR, ".card-name")] == [speaker]
+        browser.find_element(By.ID, "search").send_keys(Keys.CONTROL, "a", Keys.DELETE)
+        until_text("#voice-count", "2 of 2 voices")
+
+        # a clip recorded after the check must be checked too before Enroll takes it (chromium's fake microphone)
+        browser.find_element(By.ID, "enroll-name").send_keys("recorded-voice")
+        browser.find_element(By.ID, "enroll-files").send_keys(str(probe))
+        browser.find_element(By.ID, "enroll-check").click()
+        wait.until(shown.element_to_be_clickable((By.ID, "enroll-confirm")))
+        record = browser.find_element(By.ID, "enroll-record")
+        record.click()
+        wait.until(lambda _: record.get_attribute("aria-pressed") == "true")
+        time.sleep(1.5)
+        record.click()
+        until_text("#enroll-recorded", r"recording-1\.(webm|ogg) \(\d+ KB\)")
+        assert not browser.find_element(By.ID, "enroll-confirm").is_enabled()
         alice = card(speaker)
         play = alice.find_element(By.CSS_SELECTOR, ".play-clip")
         play.click()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -12,14 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import config
+from . import config, playback
+from .encoding import FORMATS as STREAM_FORMATS
+from .encoding import SAMPLE_RATE, AudioFormat, StreamEncoder
 from .errors import NoMatch, VoiceDBError
-from .flavours import FLAVOURS  # the model table only: nothing here imports torch until a command needs it
+from .flavours import FLAVOURS, SynthesisSettings  # the model table only: nothing here imports torch until needed
 from .matchers import CHATTERBOX, MATCHERS
 from .streaming import TokenWindows
 
 if TYPE_CHECKING:
     from .records import SpeakResult
+    from .synthesis import SpeechStream
 
 
 class VoiceDBGroup(click.Group):
@@ -90,6 +94,17 @@ def progress_bar(in_bytes: bool = False) -> Iterator[Any]:
 
 
 MODEL_CHOICE = click.Choice(list(FLAVOURS))
+STREAM_WINDOW_OPTION = click.option(
+    "--stream-window",
+    "windows",
+    default="12,50",
+    show_default=True,
+    metavar="FIRST,LATER",
+    callback=lambda _ctx, _param, value: token_windows(value),
+    help="Speech tokens (25 a second) rendered at a time while they are generated: a small first window "
+    "starts the audio sooner; 0 renders each sentence chunk whole.",
+)
+
 MAX_TOKENS_OPTION = click.option(
     "--max-tokens",
     type=click.IntRange(1, 1000),
@@ -795,9 +810,20 @@ def remove(ctx: click.Context, voices: tuple[str, ...]) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Audio file to write: .wav, .flac, .mp3, .ogg or .opus (default: VOICE-TIME.wav in the current directory).",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Audio file to write: .wav, .flac, .mp3, .ogg or .opus (default: VOICE-TIME.wav in the current directory); "
+    "'-' streams it to stdout as it is synthesised, in --format.",
 )
+@click.option(
+    "--format",
+    "stream_format",
+    type=click.Choice(list(STREAM_FORMATS)),
+    default="wav",
+    show_default=True,
+    help="Format of the audio -o - streams (wav with open-ended sizes; pcm: raw 24 kHz 16-bit mono).",
+)
+@click.option("--play", is_flag=True, help="Play the speech on the sound card as it is synthesised ('voicedb[play]').")
+@STREAM_WINDOW_OPTION
 @click.option(
     "--model", type=MODEL_CHOICE, default="english", show_default=True, help="Chatterbox model to speak with."
 )
@@ -832,6 +858,9 @@ def speak(
     voice_ref: str,
     text_file,
     output: Path | None,
+    stream_format: str,
+    play: bool,
+    windows: TokenWindows | None,
     model: str,
     language: str | None,
     exaggeration: float,
@@ -850,6 +879,13 @@ def speak(
     the pieces joined with short pauses. Writes 24 kHz audio in the format the file name asks for
     and prints its path.
 
+    --play and -o - stream instead: S3Gen renders the speech tokens in --stream-window windows while
+    T3 generates them, as the server does, so the audio starts within the first sentence:
+
+    \b
+        voicedb speak -v alice "Hello there." --play
+        voicedb speak -v alice "Hello there." -o - | ffplay -nodisp -autoexit -
+
     --verify embeds the speech with the voice encoder and prints its cosine similarity to the
     voice. --min-similarity X tries seeds S, S+1, ... (S: --seed, else random) up to --attempts
     times until one reaches X, keeps the best, and says which attempt and seed won.
@@ -863,6 +899,32 @@ def speak(
             raise click.UsageError("give TEXT, --file, or pipe text on stdin.")
         text = (text_file or sys.stdin).read()
     db = library(ctx)
+    if play or output == Path("-"):
+        if play and output is not None:
+            raise click.UsageError("--play plays the speech and -o writes it: give one.")
+        if verify or min_similarity is not None or as_json:
+            raise click.UsageError("--verify, --min-similarity and --json judge a whole file: not with --play or -o -.")
+        if not play and sys.stdout.isatty():
+            raise click.UsageError("-o - writes audio to stdout: pipe it to a player or redirect it to a file.")
+        settings = SynthesisSettings(
+            exaggeration=exaggeration,
+            cfg_weight=cfg_weight,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            language=language,
+            windows=windows,
+        )
+        stream = db.speak_stream(voice_ref, text, model=model, settings=settings, seed=seed)
+        seconds = (
+            playback.play(stream, SAMPLE_RATE) if play else stream_to_stdout(stream, STREAM_FORMATS[stream_format])
+        )
+        chunks = len(stream.chunks)
+        click.echo(
+            f"{'played' if play else 'streamed'} {seconds:.1f} s ({chunks} chunk{'s' * (chunks != 1)}, "
+            f"voice {stream.voice.name})",
+            err=not play,
+        )
+        return
     target = output or default_output_name(db.get(voice_ref).name)
     with progress_bar() as hook:
         result = db.speak(
@@ -890,6 +952,25 @@ def speak(
     )
     if result.similarity is not None:
         click.echo(f"similarity to the voice: {result.similarity:.3f}{attempts_summary(result, min_similarity)}")
+
+
+def stream_to_stdout(stream: SpeechStream, fmt: AudioFormat) -> float:
+    """Write ``stream``'s audio to stdout in ``fmt`` piece by piece as it comes; returns its seconds. A reader
+    that goes away (the player was closed) stops the synthesis quietly."""
+    out = click.get_binary_stream("stdout")
+    encoder = StreamEncoder(fmt)
+    samples = 0
+    try:
+        for piece in stream:
+            out.write(encoder.feed(piece))
+            out.flush()
+            samples += len(piece)
+        out.write(encoder.finish())
+        out.flush()
+    except BrokenPipeError:
+        stream.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # nothing more reaches the closed pipe
+    return samples / SAMPLE_RATE
 
 
 def attempts_summary(result: SpeakResult, min_similarity: float | None) -> str:
@@ -1098,21 +1179,12 @@ def default_output_name(voice_name: str) -> Path:
     help="Let web pages from this origin call the API (repeat for several; default: none may).",
 )
 @click.option("--preload", is_flag=True, help="Load the models before accepting requests (default: on first use).")
-@click.option(
-    "--stream-window",
-    "windows",
-    default="12,50",
-    show_default=True,
-    metavar="FIRST,LATER",
-    callback=lambda _ctx, _param, value: token_windows(value),
-    help="Speech tokens (25 a second) rendered at a time while they are generated: a small first window "
-    "starts the audio sooner; 0 renders each sentence chunk whole.",
-)
+@STREAM_WINDOW_OPTION
 @click.option(
     "--batch",
     "max_batch",
     type=click.IntRange(1),
-    default=1,
+    default=8,
     show_default=True,
     help="Speech requests decoded together (English model): requests arriving within a few ms share T3's "
     "steps; 1 speaks one request at a time.",

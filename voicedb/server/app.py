@@ -34,16 +34,17 @@ from ..audio import AudioSource
 from ..batching import Batcher
 from ..blends import is_blend
 from ..calibration import verdict
+from ..encoding import FORMATS, SAMPLE_RATE, StreamEncoder, change_speed
 from ..errors import AmbiguousVoice, InvalidBlend, NameTaken, NoClips, NoMatch, VoiceDBError, VoiceNotFound
 from ..flavours import FLAVOURS, LANGUAGE_NAMES, SynthesisSettings
 from ..library import VoiceDB
 from ..records import Match, Threshold, Voice
 from ..streaming import TokenWindows
 from . import errors
-from .encoding import FORMATS, SAMPLE_RATE, StreamEncoder, change_speed
 from .errors import about, not_offered
 from .jobs import JobTimeout, WorkQueue
 from .limits import BodyLimit, require_api_key
+from .paths import TravisvnPaths
 
 #: OpenAI's built-in voice names: they speak with the server's default voice, when one is set.
 OPENAI_VOICES = frozenset(
@@ -89,7 +90,7 @@ class ServerSettings:
     #: Speech tokens S3Gen renders at a time while T3 generates (None: each sentence chunk whole).
     windows: TokenWindows | None = TokenWindows()
     #: Speech requests decoded together (``voicedb.batching``); 1: one at a time.
-    max_batch: int = 1
+    max_batch: int = 8
 
 
 class VoiceId(BaseModel):
@@ -172,6 +173,7 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, timeout=settings.timeout)
+    app.add_middleware(TravisvnPaths)
     if settings.cors_origins:  # browsers may call the API only from origins the operator named
         app.add_middleware(
             CORSMiddleware,
@@ -272,10 +274,15 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
         ("/info", ["GET"], "GET /config and GET /status say how it runs."),
         ("/endpoints", ["GET"], "GET /docs lists every endpoint."),
         ("/v1/voices/cleanup", ["POST"], "run `voicedb check --repair` on the library."),
-        ("/voices/cleanup", ["POST"], "run `voicedb check --repair` on the library."),
+        ("/memory{rest:path}", ["GET", "POST"], "the server's log and GET /status say how it runs."),
+        (
+            "/v1/audio/speech/long{rest:path}",
+            ["GET", "POST", "PUT", "DELETE"],
+            "POST /v1/audio/speech streams text of any length (up to 4,096 characters) sentence by sentence.",
+        ),
     ):
         app.api_route(path, methods=methods, include_in_schema=False, dependencies=authorised)(
-            refusal(f"travisvn's {path}", instead)
+            refusal(f"travisvn's {path.replace('{rest:path}', '*')}", instead)
         )
 
     # -- OpenAI speech ---------------------------------------------------------------------------
@@ -576,7 +583,8 @@ def create_app(db: VoiceDB, settings: ServerSettings | None = None) -> FastAPI:
     @app.delete("/v1/voices/{ref}", tags=["voices"], dependencies=authorised)
     def delete_voice(ref: str) -> dict[str, Any]:
         (removed,) = db.remove(ref)
-        return {"id": removed.id, "name": removed.name, "deleted": True}
+        message = f"deleted voice {removed.name}"  # message and voice_name: travisvn's shape
+        return {"id": removed.id, "name": removed.name, "deleted": True, "message": message, "voice_name": removed.name}
 
     @app.get("/v1/voices/{ref}/clips/{sha256}", tags=["voices"], dependencies=authorised)
     def voice_clip(ref: str, sha256: str) -> FileResponse:

@@ -127,6 +127,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+            said = first.get("ctx", {}).get("error", "")
+            message = f"the body is not valid JSON{f' ({said})' if said else ''}."
+            return error_response(400, message, "invalid_request_error", "invalid_json")
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
         said = first.get("msg", "invalid value").removeprefix("Value error, ")
         message = f"{where}: {said}" if where else said

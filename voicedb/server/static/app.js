@@ -181,8 +181,9 @@ const splitTags = (text) => text.split(",").map((tag) => tag.trim()).filter(Bool
 
 // -- recording from the microphone -----------------------------------------------------------------------------
 
-/** Makes ``button`` start and stop a MediaRecorder; each recording is added to ``clips`` and listed. */
-function recorder(button, clips, list) {
+/** Makes ``button`` start and stop a MediaRecorder; each recording is added to ``clips``, listed, and
+ * ``onRecorded`` is called. */
+function recorder(button, clips, list, onRecorded = () => {}) {
   let active = null;
   button.setAttribute("aria-pressed", "false");
   button.addEventListener("click", () => attempt(async () => {
@@ -205,6 +206,7 @@ function recorder(button, clips, list) {
       active = null;
       button.textContent = "Record from the microphone";
       button.setAttribute("aria-pressed", "false");
+      onRecorded();
     });
     active.start();
     button.textContent = "Stop recording";
@@ -447,9 +449,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#tag-filter").addEventListener("change", renderCards);
   $("#refresh").addEventListener("click", () => attempt(loadVoices));
   submit($("#enroll-form"), checkClips);
-  $("#enroll-files").addEventListener("change", () => { $("#enroll-confirm").disabled = true; });
+  const checkAgain = () => { $("#enroll-confirm").disabled = true; };  // what was checked has changed
+  $("#enroll-files").addEventListener("change", checkAgain);
+  $("#enroll-name").addEventListener("input", checkAgain);
   $("#enroll-confirm").addEventListener("click", () => attempt(enroll));
-  recorder($("#enroll-record"), recordedForEnroll, $("#enroll-recorded"));
+  recorder($("#enroll-record"), recordedForEnroll, $("#enroll-recorded"), checkAgain);
   submit($("#speak-form"), speak);
   $("#speak-download").addEventListener("click", () => attempt(download));
   submit($("#match-form"), findVoice);

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..speech import FORMATS as FILE_FORMATS
-from ..speech import encode
+from .speech import FORMATS as FILE_FORMATS
+from .speech import encode
 
 SAMPLE_RATE = 24_000
 
