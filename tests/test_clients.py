@@ -258,6 +258,25 @@ def test_travisvn_s_streaming_speech(http: httpx.Client, library: VoiceDB):
 # -- blends (Kokoro-FastAPI's syntax) -------------------------------------------------------------------------
 
 
+def test_kokoro_s_speech_request_with_its_own_fields_speaks_a_blend(http: httpx.Client):
+    """The body Kokoro-FastAPI's clients send: its extra fields are accepted and left to their defaults."""
+    body = {
+        "model": "kokoro",
+        "input": "Hello from a Kokoro client.",
+        "voice": "ann(2)+ben(1)",
+        "response_format": "wav",
+        "download_format": "mp3",
+        "speed": 1.0,
+        "stream": True,
+        "return_download_link": False,
+        "lang_code": "a",
+        "volume_multiplier": 1.0,
+        "normalization_options": {"normalize": True, "unit_normalization": False},
+    }
+    assert len(decoded(http.post("/v1/audio/speech", json=body))) > 0
+    refused(http.post("/v1/audio/speech", json={**body, "voice": "ann(2)+nobody(1)"}), 404, "voice")
+
+
 def test_a_blend_speaks_as_stored_and_unstored(http: httpx.Client, library: VoiceDB):
     body = {"model": "tts-1", "input": "Hi there.", "response_format": "wav", "seed": 8}
     unstored = decoded(http.post("/v1/audio/speech", json={**body, "voice": "ann(2)+ben(1)"}))
