@@ -42,9 +42,8 @@ ALIASES = (
 def voicedb_path(path: str) -> str:
     """Where ``path`` (travisvn's) lives here; ``path`` itself where it is not one of travisvn's aliases."""
     for alias, target in ALIASES:
-        if alias.endswith("/") and path.startswith(alias):
-            return target + path[len(alias) :]
-        if path == alias or path.startswith(alias + "/"):
+        below = alias if alias.endswith("/") else alias + "/"
+        if path == alias or path.startswith(below):
             return target + path[len(alias) :]
     return path
 
