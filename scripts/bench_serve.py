@@ -20,11 +20,13 @@ of every synthesis, grows with the reference's length). Then, all to 127.0.0.1:
 - memory: the server's resident set before and after the cycle (a leak shows as growth after the
   first pass, once every voice's conditionals are cached).
 - enrollment: one ``POST /v1/voices`` to the warm server against one ``voicedb add`` process.
-- streaming and batching, on two more servers over the same library, one with ``--batch`` (the most
-  concurrent clients) and one with ``--batch 1``, both capped at ``--stream-tokens`` speech tokens:
-  time to the first audio and to the last of a 3-sentence request (the goal: the first within 25% of
-  the total), then throughput at ``--speech-clients`` concurrent clients (1, 4, 8, 16), each sending
-  one such request with its own voice and seed at the same moment, batched against one at a time.
+- streaming: time to the first audio and to the last of a 3-sentence request (the goal: the first
+  within 25% of the total), alone on a server with its default options, capped at
+  ``--sentence-tokens`` speech tokens a sentence (75: 3 s, about what a real T3 speaks them in).
+- batching, on two more servers over the same library, one with ``--batch`` (the most concurrent
+  clients) and one with ``--batch 1``, both capped at ``--stream-tokens`` speech tokens: throughput at
+  ``--speech-clients`` concurrent clients (1, 4, 8, 16), each sending the 3-sentence request with its
+  own voice and seed at the same moment, batched against one at a time.
 
 Prints Markdown tables and the device they ran on. The offline test checkpoint
 (scripts/make_test_checkpoint.py; built into .pytest_cache when ``--checkpoint`` is not given) has a
@@ -65,6 +67,7 @@ THREE_SENTENCES = (
     "Then a second sentence follows it, about as long as the first one was. "
     "And a third sentence closes the request, so that there is more to say."
 )
+SENTENCES = 3  # in THREE_SENTENCES, one chunk (up to 300 characters)
 SEED = 1
 
 #: Per device: voices, requests (per speech row), cycle, processes (voicedb speak), match requests
@@ -80,6 +83,7 @@ PROFILES = {
         ref_seconds=10.0,
         stream_requests=5,
         stream_tokens=150,
+        sentence_tokens=75,
     ),
     "cpu": dict(
         voices=20,
@@ -91,6 +95,7 @@ PROFILES = {
         ref_seconds=3.0,
         stream_requests=2,
         stream_tokens=50,
+        sentence_tokens=75,
     ),
     "quick": dict(
         voices=3,
@@ -102,6 +107,7 @@ PROFILES = {
         ref_seconds=3.0,
         stream_requests=1,
         stream_tokens=25,
+        sentence_tokens=10,
     ),
 }
 
@@ -155,13 +161,13 @@ def voicedb_process(args: list[str], env: dict[str, str], timeout: float) -> tup
 class Server:
     """``voicedb serve`` as a subprocess on a free loopback port; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, env: dict[str, str], log: Path, max_tokens: int, batch: int) -> None:
+    def __init__(self, env: dict[str, str], log: Path, max_tokens: int, batch: int | None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_handle = open(log, "w")  # noqa: SIM115 - closed in stop()
         command = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--preload"]
-        command += ["--max-tokens", str(max_tokens), "--batch", str(batch)]
+        command += ["--max-tokens", str(max_tokens)] + (["--batch", str(batch)] if batch else [])
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "voicedb", *command],
@@ -283,29 +289,41 @@ def speech_level(
     return len(timings) / (time.perf_counter() - start), [t[0] for t in timings], [t[1] for t in timings]
 
 
-def streaming_and_batching(
+def streaming_alone(
     args: argparse.Namespace, env: dict[str, str], scratch: Path, names: list[str], failures: Failures
-) -> dict[int, dict[str, object]]:
-    """Per ``--batch`` setting (batched, then one at a time): the 3-sentence request's timings alone and
-    the throughput at each number of concurrent clients, each on a fresh server."""
-    results: dict[int, dict[str, object]] = {}
+) -> list[tuple[float, float]]:
+    """(first audio s, total s) of each 3-sentence request alone, on a fresh server with its defaults."""
+    server = Server(env, scratch / "server-streaming.log", SENTENCES * args.sentence_tokens, None)
+    try:
+        with httpx.Client(base_url=server.url, timeout=httpx.Timeout(args.timeout, connect=10), trust_env=False) as c:
+            print("streaming: waiting for /ready ...", flush=True)
+            server.wait_ready(c, min(args.timeout, 300))
+            speak_once(c, names[0], THREE_SENTENCES, "pcm", failures)  # warm-up
+            timings = [speak_once(c, names[0], THREE_SENTENCES, "pcm", failures) for _ in range(args.stream_requests)]
+    finally:
+        server.stop()
+    return [t for t in timings if t]
+
+
+def batching(
+    args: argparse.Namespace, env: dict[str, str], scratch: Path, names: list[str], failures: Failures
+) -> dict[int, dict[int, tuple[float, list[float], list[float]]]]:
+    """Per ``--batch`` setting (batched, then one at a time), each on a fresh server: the throughput and
+    the listeners' timings at each number of concurrent clients."""
+    results: dict[int, dict[int, tuple[float, list[float], list[float]]]] = {}
     timeout = httpx.Timeout(args.timeout, connect=10)
     limits = httpx.Limits(max_connections=max(args.speech_clients) + 4)
     for batch in (max(args.speech_clients), 1):
         server = Server(env, scratch / f"server-batch-{batch}.log", args.stream_tokens, batch)
         try:
             with httpx.Client(base_url=server.url, timeout=timeout, limits=limits, trust_env=False) as client:
-                print(f"streaming and batching, --batch {batch}: waiting for /ready ...", flush=True)
+                print(f"batching, --batch {batch}: waiting for /ready ...", flush=True)
                 server.wait_ready(client, min(args.timeout, 300))
                 speak_once(client, names[0], THREE_SENTENCES, "pcm", failures)  # warm-up
-                alone = [
-                    speak_once(client, names[0], THREE_SENTENCES, "pcm", failures) for _ in range(args.stream_requests)
-                ]
-                levels = {}
+                results[batch] = {}
                 for clients in args.speech_clients:
                     print(f"  {clients} concurrent speech client{'s' * (clients != 1)} ...", flush=True)
-                    levels[clients] = speech_level(client, names, clients, args, failures)
-                results[batch] = {"alone": [t for t in alone if t], "levels": levels}
+                    results[batch][clients] = speech_level(client, names, clients, args, failures)
         finally:
             server.stop()
     return results
@@ -336,9 +354,8 @@ def main() -> None:
         "--speech-clients", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent speech clients, batched or not"
     )
     parser.add_argument("--stream-requests", type=int, help="3-sentence requests timed alone (default 5 CUDA, 2 CPU)")
-    parser.add_argument(
-        "--stream-tokens", type=int, help="speech-token cap of the streaming servers (150 CUDA, 50 CPU)"
-    )
+    parser.add_argument("--stream-tokens", type=int, help="speech-token cap of the batching servers (150 CUDA, 50 CPU)")
+    parser.add_argument("--sentence-tokens", type=int, help="speech tokens a sentence in the streaming row (75)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds any one request or process may take")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the server is stopped on kill too
@@ -396,7 +413,8 @@ def main() -> None:
             raise
         finally:
             server.stop()
-        results["streaming"] = streaming_and_batching(args, env, scratch, names, failures)
+        results["streaming"] = streaming_alone(args, env, scratch, names, failures)
+        results["batching"] = batching(args, env, scratch, names, failures)
         log = "\n".join(path.read_text(errors="replace") for path in sorted(scratch.glob("server*.log")))
 
     report(args, checkpoint, results, server, failures, log)
@@ -559,7 +577,7 @@ def report(
     print(f"| `POST /v1/voices` to the running server | {http:.2f} | {http / cli_add:.2f}x |")
     print(f"| `voicedb add`, one process | {cli_add:.2f} | 1.00x |")
 
-    report_streaming(args, r["streaming"])
+    report_streaming(args, r["streaming"], r["batching"])
 
     if server.stop_seconds is not None:
         print(f"\nserver stopped {server.stop_seconds:.1f} s after SIGTERM")
@@ -580,17 +598,21 @@ def report(
         print("problems: none (every request answered 2xx, no tracebacks or 5xx in the server log)")
 
 
-def report_streaming(args: argparse.Namespace, streaming: dict[int, dict[str, object]]) -> None:
-    batched, single = max(streaming), 1
+def report_streaming(
+    args: argparse.Namespace,
+    alone: list[tuple[float, float]],
+    levels: dict[int, dict[int, tuple[float, list[float], list[float]]]],
+) -> None:
+    tokens = SENTENCES * args.sentence_tokens
     print(
-        f"\n| a 3-sentence request alone ({args.stream_tokens} speech tokens) | requests | first audio s | total s "
+        f"\n| a 3-sentence request alone ({tokens} speech tokens, one chunk) | requests | first audio s | total s "
         "| first / total |"
     )
     print("|---|---:|---:|---:|---:|")
-    for batch in (batched, single):
-        alone = streaming[batch]["alone"]
-        first, total = med([t[0] for t in alone]), med([t[1] for t in alone])
-        print(f"| server, `--batch {batch}` | {len(alone)} | {first:.3f} | {total:.3f} | {first / total:.0%} |")
+    first, total = med([t[0] for t in alone]), med([t[1] for t in alone])
+    print(f"| server, default options | {len(alone)} | {first:.3f} | {total:.3f} | {first / total:.0%} |")
+
+    batched, single = max(levels), 1
 
     print(
         f"\n| concurrent speech clients | `--batch {batched}` requests/s | `--batch 1` requests/s | throughput ratio "
@@ -598,8 +620,8 @@ def report_streaming(args: argparse.Namespace, streaming: dict[int, dict[str, ob
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for clients in args.speech_clients:
-        on_rps, on_first, on_total = streaming[batched]["levels"][clients]
-        off_rps, off_first, off_total = streaming[single]["levels"][clients]
+        on_rps, on_first, on_total = levels[batched][clients]
+        off_rps, off_first, off_total = levels[single][clients]
         print(
             f"| {clients} | {on_rps:.3f} | {off_rps:.3f} | {on_rps / (off_rps or float('nan')):.2f}x | "
             f"{med(on_first):.2f} / {med(off_first):.2f} | {med(on_total):.2f} / {med(off_total):.2f} |"

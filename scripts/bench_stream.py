@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Token-level streaming against whole-chunk rendering, measured in the same run.
 
-    python scripts/bench_stream.py [--checkpoint DIR] [--device cpu|cuda] [--max-tokens 75]
-                                   [--windows 0 8,25 12,50 25,100] [--runs 3]
+    python scripts/bench_stream.py [--checkpoint DIR] [--device cpu|cuda] [--tokens-per-sentence 75]
+                                   [--windows 0 12,50,0 12,50 12,50,5 8,25 25,100] [--runs 3]
 
 Speaks a 3-sentence request (one sentence chunk: chunks hold up to 300 characters) with one voice
 through ``VoiceDB.speak_stream``, the path ``voicedb serve`` streams from, once per run and window
@@ -16,8 +16,9 @@ generated it (upstream's way). For each setting:
   (dB, mean over 1024-sample frames), against that of two baseline runs with different seeds for scale.
 
 The offline test checkpoint (built into .pytest_cache when ``--checkpoint`` is not given) has a random T3
-that never stops by itself, hence ``--max-tokens`` (75 tokens: 3 s of speech per sentence). Machines are
-noisy: compare the ratios.
+that never stops by itself, so the chunk is capped at ``--tokens-per-sentence`` for each of its three
+sentences (75 tokens: 3 s of speech a sentence, 9 s in all; a real T3 speaks these about that long).
+Machines are noisy: compare the ratios.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ TEXT = (
     "Then a second sentence follows it, about as long as the first one was. "
     "And a third sentence closes the request, so there are three chunks to speak."
 )
+SENTENCES = 3
 SEED = 3
 FRAME = 480  # 20 ms at 24 kHz
 
@@ -77,8 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-tokens", type=int, default=75)
-    parser.add_argument("--windows", nargs="+", default=["0", "8,25", "12,50", "25,100"])
+    parser.add_argument("--tokens-per-sentence", type=int, default=75)
+    parser.add_argument("--windows", nargs="+", default=["0", "12,50,0", "12,50", "12,50,5", "8,25", "25,100"])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     checkpoint = args.checkpoint or CHECKPOINT_CACHE
@@ -94,13 +96,14 @@ def main() -> None:
         VoiceDB(Path(scratch) / "library", checkpoint=checkpoint, device=args.device) as db,
     ):
         voice = db.add([clip], name="bench").voice.id
-        plain = SynthesisSettings(max_tokens=args.max_tokens)
+        max_tokens = SENTENCES * args.tokens_per_sentence  # the three sentences are one chunk
+        plain = SynthesisSettings(max_tokens=max_tokens)
         timed_speech(db, voice, plain, SEED)  # warm-up: loading and first-use costs
         baseline = None
         rows = []
         for spec in args.windows:
             windows = TokenWindows.parse(spec)
-            settings = SynthesisSettings(max_tokens=args.max_tokens, windows=windows)
+            settings = SynthesisSettings(max_tokens=max_tokens, windows=windows)
             runs = [timed_speech(db, voice, settings, SEED) for _ in range(args.runs)]
             first = statistics.median(r[0] for r in runs)
             total = statistics.median(r[1] for r in runs)
@@ -111,13 +114,14 @@ def main() -> None:
                 scale = spectral_distance(audio, other_seed)
             rows.append((spec, first, total, audio, seams))
         print(
-            f"device: {device_name(args.device)}; {args.max_tokens} speech tokens per sentence, 3 sentences, "
-            f"median of {args.runs} runs"
+            f"device: {device_name(args.device)}; {args.tokens_per_sentence} speech tokens per sentence, "
+            f"{SENTENCES} sentences in one chunk, median of {args.runs} runs"
         )
         print()
         print(
-            "| windows (first, later tokens) | first audio s | total s | first / total | total vs whole chunks "
-            "| same length | level at seams dB (median, worst) | level elsewhere dB (median) | spectrum dB |"
+            "| windows (first, later tokens, prompt s) | first audio s | total s | first / total "
+            "| total vs whole chunks | same length | level at seams dB (median, worst) "
+            "| level elsewhere dB (median) | spectrum dB |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         whole_total, whole_audio = baseline

@@ -12,7 +12,7 @@ from conftest import run
 
 from voicedb import SynthesisSettings, VoiceDB
 from voicedb.flavours import FLAVOURS
-from voicedb.streaming import TokenWindows, t3_tokens
+from voicedb.streaming import TokenWindows, prompt_tail, t3_tokens
 
 TOKENS = 40  # per chunk: enough for several windows
 TEXT = "Hello there, this is a test of streaming."
@@ -23,6 +23,12 @@ def library(tmp_path_factory, checkpoint: Path, speakers) -> Iterator[VoiceDB]:
     with VoiceDB(tmp_path_factory.mktemp("streaming") / "library", checkpoint=checkpoint, device="cpu") as db:
         db.add([next(iter(speakers.values()))[0]], name="ann")
         yield db
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
 def spoken(db: VoiceDB, windows: TokenWindows | None, seed: int = 5) -> list[np.ndarray]:
@@ -82,10 +88,42 @@ def test_the_same_seed_streams_the_same_audio(library: VoiceDB):
 
 
 def test_windows_must_cover_the_cross_fade():
-    assert TokenWindows.parse("12,50") == TokenWindows(12, 50) and TokenWindows.parse("0") is None
+    assert TokenWindows.parse("12,50") == TokenWindows(12, 50, 3.0) and TokenWindows.parse("0") is None
     assert TokenWindows.parse("16") == TokenWindows(16, 16)
+    assert TokenWindows.parse("12,50,5").prompt_tokens == 125 and TokenWindows.parse("12,50,0").prompt_tokens is None
     with pytest.raises(ValueError):
         TokenWindows(2, 50)
+    with pytest.raises(ValueError):
+        TokenWindows.parse("12,50,0.5")  # too little of the voice to clone from
+
+
+def test_a_window_reads_the_end_of_the_prompt(library: VoiceDB):
+    ref = library.load_conditionals("ann", "english").gen
+    tail = prompt_tail(ref, 75)
+    assert tail["prompt_token"].tolist() == [ref["prompt_token"][0, -75:].tolist()]
+    assert int(tail["prompt_token_len"]) == 75
+    assert torch_equal(tail["prompt_feat"], ref["prompt_feat"][:, ref["prompt_token"].shape[1] * 2 - 150 :][:, :150])
+    assert tail["embedding"] is ref["embedding"]  # the whole clip's x-vector
+    assert prompt_tail(ref, 10_000) is ref and prompt_tail(ref, None) is ref
+
+
+def test_window_passes_read_the_prompt_s_tail_and_a_lone_pass_all_of_it(library: VoiceDB, monkeypatch):
+    s3gen = library.engine.s3gen(FLAVOURS["english"])
+    prompts: list[int] = []
+    flow_inference = s3gen.flow_inference
+
+    def recording(speech_tokens, ref_dict, **kwargs):
+        prompts.append(ref_dict["prompt_token"].shape[1])
+        return flow_inference(speech_tokens, ref_dict=ref_dict, **kwargs)
+
+    monkeypatch.setattr(s3gen, "flow_inference", recording)
+    whole_prompt = library.load_conditionals("ann", "english").gen["prompt_token"].shape[1]
+    assert whole_prompt > 50
+    spoken(library, TokenWindows(8, 16, prompt=2))
+    assert len(prompts) >= 3 and set(prompts) == {50}
+    prompts.clear()
+    spoken(library, TokenWindows(TOKENS, TOKENS, prompt=2))
+    assert prompts == [whole_prompt]
 
 
 def test_serve_refuses_a_bad_window(standin: Path):

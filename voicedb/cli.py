@@ -99,10 +99,11 @@ STREAM_WINDOW_OPTION = click.option(
     "windows",
     default="12,50",
     show_default=True,
-    metavar="FIRST,LATER",
+    metavar="FIRST,LATER[,PROMPT]",
     callback=lambda _ctx, _param, value: token_windows(value),
     help="Speech tokens (25 a second) rendered at a time while they are generated: a small first window "
-    "starts the audio sooner; 0 renders each sentence chunk whole.",
+    "starts the audio sooner. Each window's pass reads the last PROMPT seconds of the reference (default 3; "
+    "0: all of it, slower). 0 renders each sentence chunk whole.",
 )
 
 MAX_TOKENS_OPTION = click.option(
@@ -670,11 +671,14 @@ def rename(ctx: click.Context, voice: str, new_name: str) -> None:
 
 
 def token_windows(value: str) -> TokenWindows | None:
-    """``--stream-window``'s value: ``FIRST,LATER`` tokens, or 0 for whole chunks."""
+    """``--stream-window``'s value: ``FIRST,LATER[,PROMPT]``, or 0 for whole chunks."""
     try:
         return TokenWindows.parse(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: give FIRST,LATER token counts (e.g. 12,50) or 0 ({exc}).") from None
+        raise click.BadParameter(
+            f"{value!r}: give FIRST,LATER token counts and optionally PROMPT seconds (e.g. 12,50 or 12,50,3), "
+            f"or 0 ({exc})."
+        ) from None
 
 
 def blend_sources(blend: dict[str, Any]) -> str:

@@ -564,7 +564,7 @@ class Engine:
         t3, s3gen, tokenizer = self.t3(flavour), self.s3gen(flavour), self.tokenizer(flavour)
         conds = conds.to(self.device)
         renderer = WindowRenderer(
-            s3gen, conds.gen, self.device, self.cuda_devices(), 2 if flavour.meanflow_s3gen else None
+            s3gen, conds.gen, self.device, self.cuda_devices(), 2 if flavour.meanflow_s3gen else None, windows
         )
         with torch.inference_mode():
             t3_cond = self._t3_cond(conds, settings)
@@ -575,7 +575,7 @@ class Engine:
             if token >= SPEECH_VOCAB:  # as upstream drops them after sampling
                 continue
             tokens.append(token)
-            if renderer.ready(len(tokens), windows):
+            if renderer.ready(len(tokens)):
                 yield self._watermarked(renderer.render(tokens, final=False))
         tokens += [S3GEN_SIL] * max(0, MIN_RENDERED_TOKENS - len(tokens))  # as ``_renderable``
         yield self._watermarked(renderer.render(tokens, final=True))
@@ -618,7 +618,11 @@ class Engine:
                             job.random,
                         )
                     )
-                    renderers.append(WindowRenderer(s3gen, job.conds.gen, self.device, self.cuda_devices(), steps))
+                    renderers.append(
+                        WindowRenderer(
+                            s3gen, job.conds.gen, self.device, self.cuda_devices(), steps, job.settings.windows
+                        )
+                    )
             tokens: list[list[int]] = [[] for _ in jobs]
             stopped = [False] * len(jobs)
             finished = [False] * len(jobs)
@@ -641,8 +645,7 @@ class Engine:
                             render(index, final=True)
                         continue
                     tokens[index].append(token)
-                    windows = jobs[index].settings.windows
-                    if windows and renderers[index].ready(len(tokens[index]), windows):
+                    if renderers[index].ready(len(tokens[index])):
                         render(index, final=False)
             for index, job in enumerate(jobs):
                 if not finished[index] and not job.cancelled.is_set():

@@ -6,16 +6,18 @@ for the same seed) hands each token over as it is drawn, and every ``TokenWindow
 renders what has arrived, as CosyVoice 2, whose flow and vocoder S3Gen is, streams:
 
 - the flow runs over the tokens not voiced yet plus ``FLOW_CONTEXT_TOKENS`` before them (not over every
-  token so far: a pass costs the same at the end of a long chunk as at its start), after the reference
-  prompt as always; the mel frames of the last ``pre_lookahead_len`` tokens are held back (its encoder
-  looks that far ahead, and for them it saw only padding), and only frames not yet voiced are taken;
+  token so far: a pass costs the same at the end of a long chunk as at its start), after the last
+  ``TokenWindows.prompt`` seconds of the reference prompt (not all of it: the prompt's frames are most of
+  a pass's cost, and a chunk streamed in windows pays for several passes); the mel frames of the last
+  ``pre_lookahead_len`` tokens are held back (its encoder looks that far ahead, and for them it saw only
+  padding), and only frames not yet voiced are taken;
 - the vocoder (HiFT) voices them after the last ``MEL_CACHE_FRAMES`` frames already voiced, continuing
   their excitation source, and the overlap is cross-faded with a Hamming window, so seams do not click;
 - the noise of a window's pass (the flow's and the vocoder's) is drawn from a fork of torch's generator,
-  so T3 samples exactly what it would unstreamed, and the last pass, over all tokens, draws what
-  upstream's one pass draws: the chunk has the unstreamed chunk's tokens, length and final mel frames,
-  and with no window before the end it is the unstreamed audio, sample for sample. With windows, the
-  frames voiced earlier come from other noise: the same speech, not the same samples.
+  so T3 samples exactly what it would unstreamed: the chunk has the unstreamed chunk's tokens and
+  length, and with no window before the end its one pass is upstream's (the whole prompt, torch's own
+  generator): the unstreamed audio, sample for sample. With windows, the frames come from other noise
+  and a shorter prompt: the same speech, not the same samples.
 """
 
 from __future__ import annotations
@@ -34,28 +36,65 @@ SAMPLES_PER_FRAME = 480  # 24 kHz audio, 50 mel frames a second
 FLOW_CONTEXT_TOKENS = 25
 #: The smallest window: its frames (two a token) cover the cross-fade.
 MIN_WINDOW = MEL_CACHE_FRAMES // 2
+TOKENS_PER_SECOND = 25
+#: The shortest prompt a window's pass may read: CosyVoice 2 clones from 3 s prompts, 1 s is a floor.
+MIN_PROMPT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
 class TokenWindows:
     """Speech tokens (25 a second) per S3Gen pass: a small ``first`` window so audio starts soon, then
-    ``later`` ones (each pass also renders the reference prompt and some context, so larger windows cost
-    less in all)."""
+    ``later`` ones (each pass also renders some context, so larger windows cost less in all), each pass
+    reading the last ``prompt`` seconds of the reference prompt (0: all of it, up to 10 s).
+
+    The prompt is what a pass costs: the flow runs its steps over the prompt's mel frames as well as the
+    new tokens', so with a whole 8 s prompt a 12-token window costs nearly what a whole chunk does, and
+    with its last 3 s about a third (``scripts/bench_stream.py``). The speaker's x-vector, which S3Gen
+    also conditions on, is the whole clip's either way."""
 
     first: int = 12
     later: int = 50
+    prompt: float = 3.0
 
     def __post_init__(self) -> None:
         if min(self.first, self.later) < MIN_WINDOW:
             raise ValueError(f"token windows must be at least {MIN_WINDOW} tokens (the cross-fade is that long)")
+        if not 0 <= self.prompt <= 10 or 0 < self.prompt < MIN_PROMPT_SECONDS:
+            raise ValueError(f"the prompt is 0 (all of it) or {MIN_PROMPT_SECONDS} to 10 seconds")
 
     @classmethod
     def parse(cls, text: str) -> TokenWindows | None:
-        """``"FIRST,LATER"`` (``"12,50"``), or ``"0"`` for none (each chunk rendered whole)."""
+        """``"FIRST,LATER[,PROMPT]"`` (``"12,50"``, ``"12,50,3"``), or ``"0"`` for none (each chunk rendered
+        whole)."""
         if text.strip() == "0":
             return None
-        first, _, later = text.partition(",")
-        return cls(int(first), int(later or first))
+        first, _, rest = text.partition(",")
+        later, _, prompt = rest.partition(",")
+        return cls(int(first), int(later or first), float(prompt) if prompt else cls.prompt)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """The prompt's speech tokens a pass reads (25 a second), None for all of them."""
+        return round(self.prompt * TOKENS_PER_SECOND) or None
+
+
+def prompt_tail(ref_dict: dict[str, Any], tokens: int | None) -> dict[str, Any]:
+    """S3Gen's reference with only the last ``tokens`` of its prompt (and their mel frames, two a token):
+    the end of the prompt, which the new speech follows, as in the whole prompt."""
+    import torch
+
+    have = ref_dict["prompt_token"].shape[1]
+    if tokens is None or tokens >= have:
+        return ref_dict
+    start = have - tokens
+    ratio = ref_dict["prompt_feat"].shape[1] // have  # 2; a frame past the last token's is dropped
+    return {
+        **ref_dict,
+        "prompt_token": ref_dict["prompt_token"][:, start:],
+        "prompt_token_len": torch.full_like(ref_dict["prompt_token_len"], tokens),
+        "prompt_feat": ref_dict["prompt_feat"][:, start * ratio : have * ratio],
+        "prompt_feat_len": None,
+    }
 
 
 def t3_tokens(
@@ -155,10 +194,18 @@ class WindowRenderer:
     """S3Gen over a growing list of speech tokens, a window at a time (see the module docstring)."""
 
     def __init__(
-        self, s3gen: Any, ref_dict: dict[str, Any], device: str, cuda_devices: list[int], n_cfm_timesteps: int | None
+        self,
+        s3gen: Any,
+        ref_dict: dict[str, Any],
+        device: str,
+        cuda_devices: list[int],
+        n_cfm_timesteps: int | None,
+        windows: TokenWindows | None,
     ) -> None:
         self.s3gen = s3gen
-        self.ref_dict = ref_dict
+        self.ref_dict = ref_dict  # a chunk rendered in one pass reads all of the prompt, as upstream
+        self.windows = windows
+        self.window_ref = prompt_tail(ref_dict, windows.prompt_tokens) if windows else ref_dict
         self.device = device
         self.cuda_devices = cuda_devices  # whose generators a window's pass forks
         self.steps = {"n_cfm_timesteps": n_cfm_timesteps} if n_cfm_timesteps else {}
@@ -168,10 +215,12 @@ class WindowRenderer:
         self.cache: tuple[Any, Any, Any] | None = None  # (mel, source, speech) of the last overlap
         self.fade = np.hamming(2 * MEL_CACHE_FRAMES * SAMPLES_PER_FRAME).astype(np.float32)
 
-    def ready(self, tokens: int, windows: TokenWindows) -> bool:
+    def ready(self, tokens: int) -> bool:
         """Whether enough tokens arrived for the next window beyond what was voiced."""
+        if self.windows is None:
+            return False
         voiceable = tokens - self.lookahead  # the flow holds the last tokens' frames back
-        window = windows.later if self.frames_voiced else windows.first
+        window = self.windows.later if self.frames_voiced else self.windows.first
         return voiceable * self.ratio - self.frames_voiced >= window * self.ratio
 
     def render(self, tokens: list[int], final: bool) -> np.ndarray:
@@ -191,7 +240,8 @@ class WindowRenderer:
         with torch.inference_mode():
             start = max(0, self.frames_voiced // self.ratio - FLOW_CONTEXT_TOKENS)
             speech_tokens = torch.tensor(tokens[start:], dtype=torch.long, device=self.device).unsqueeze(0)
-            mels = self.s3gen.flow_inference(speech_tokens, ref_dict=self.ref_dict, finalize=True, **self.steps)
+            ref_dict = self.ref_dict if final and not self.frames_voiced else self.window_ref
+            mels = self.s3gen.flow_inference(speech_tokens, ref_dict=ref_dict, finalize=True, **self.steps)
             if not final:  # the last tokens' frames lack their look-ahead: they wait for a later pass
                 mels = mels[:, :, : (len(tokens) - self.lookahead - start) * self.ratio]
             mels = mels[:, :, self.frames_voiced - start * self.ratio :].to(dtype=self.s3gen.dtype)
