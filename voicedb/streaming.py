@@ -36,7 +36,7 @@ SAMPLES_PER_FRAME = 480  # 24 kHz audio, 50 mel frames a second
 FLOW_CONTEXT_TOKENS = 25
 #: The smallest window: its frames (two a token) cover the cross-fade.
 MIN_WINDOW = MEL_CACHE_FRAMES // 2
-TOKENS_PER_SECOND = 25
+SPEECH_TOKENS_PER_SECOND = 25  # T3's speech tokens, S3Gen's input
 #: The shortest prompt a window's pass may read: CosyVoice 2 clones from 3 s prompts, 1 s is a floor.
 MIN_PROMPT_SECONDS = 1.0
 
@@ -75,7 +75,7 @@ class TokenWindows:
     @property
     def prompt_tokens(self) -> int | None:
         """The prompt's speech tokens a pass reads (25 a second), None for all of them."""
-        return round(self.prompt * TOKENS_PER_SECOND) or None
+        return round(self.prompt * SPEECH_TOKENS_PER_SECOND) or None
 
 
 def prompt_tail(ref_dict: dict[str, Any], tokens: int | None) -> dict[str, Any]:

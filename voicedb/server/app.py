@@ -39,7 +39,7 @@ from ..errors import AmbiguousVoice, InvalidBlend, NameTaken, NoClips, NoMatch, 
 from ..flavours import FLAVOURS, LANGUAGE_NAMES, SynthesisSettings
 from ..library import VoiceDB
 from ..records import Match, Threshold, Voice
-from ..streaming import TokenWindows
+from ..streaming import SPEECH_TOKENS_PER_SECOND, TokenWindows
 from . import errors
 from .errors import about, not_offered
 from .jobs import JobTimeout, WorkQueue
@@ -65,7 +65,6 @@ CLIP_TYPES = {
     ".m4a": "audio/mp4",
     ".webm": "audio/webm",
 }
-SPEECH_TOKENS_PER_SECOND = 25
 
 log = logging.getLogger("voicedb.server")
 
