@@ -31,6 +31,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DEVSET = ROOT / "tests" / "devset"
 SHIPPED = ROOT / "voicedb" / "shipped_thresholds.json"
+SHIPPED_COHORTS = ROOT / "voicedb" / "cohorts.npz"
 RATE = 16_000
 #: Before this work ``match`` compared the conditionals embedding with a fixed 0.80.
 OLD_THRESHOLD = 0.80
@@ -145,11 +147,20 @@ def threshold_at_far(impostor: np.ndarray, target: float) -> float:
     return 1.0
 
 
-def rates(genuine: np.ndarray, impostor: np.ndarray) -> list[list[float]]:
-    """[threshold, false-reject rate, false-accept rate] every 0.02 from 0.30 to 0.98: what verdicts quote."""
+#: The matchers ``match`` scores by cohort margin: where it accepted more enrolled speakers *and* rejected more
+#: strangers leaving one source out (for one encoder alone it trades accepts for rejects; docs/matching.md).
+MARGIN_MATCHERS = ("chatterbox+campplus",)
+
+#: Where verdicts read the measured error rates: cosines, and cohort margins (``voicedb.cohort``).
+COSINE_CUTS = np.arange(0.30, 0.981, 0.02)
+MARGIN_CUTS = np.arange(-0.10, 0.501, 0.02)
+
+
+def rates(genuine: np.ndarray, impostor: np.ndarray, cuts: np.ndarray = COSINE_CUTS) -> list[list[float]]:
+    """[threshold, false-reject rate, false-accept rate] at each of ``cuts``: what verdicts quote."""
     return [
-        [round(t, 2), round(float(np.mean(genuine < t)), 5), round(float(np.mean(impostor >= t)), 5)]
-        for t in np.arange(0.30, 0.981, 0.02)
+        [round(float(t), 2), round(float(np.mean(genuine < t)), 5), round(float(np.mean(impostor >= t)), 5)]
+        for t in cuts
     ]
 
 
@@ -297,19 +308,11 @@ def plot(results: list[Result], shipped: Result, threshold: float, path: Path) -
 
 
 def shipped_json(shipped: dict[str, dict]) -> str:
-    """The shipped thresholds as JSON a reviewer can read: one line per measured rate."""
-    entries = []
-    for identity, entry in sorted(shipped.items()):
-        llr = f'   "llr": {json.dumps(entry["llr"])},\n' if "llr" in entry else ""  # entries measured before llr
-        head = f'  {json.dumps(identity)}: {{\n   "threshold": {entry["threshold"]},\n{llr}'
-        if "rates" not in entry:
-            entries.append(f'{head}   "measured_on": {json.dumps(entry["measured_on"])}\n  }}')
-            continue
-        rows = ",\n".join(f"    {json.dumps(row)}" for row in entry["rates"])
-        entries.append(
-            f'{head}   "measured_on": {json.dumps(entry["measured_on"])},\n   "rates": [\n{rows}\n   ]\n  }}'
-        )
-    return "{\n" + ",\n".join(entries) + "\n}\n"
+    """The shipped thresholds as JSON a reviewer can read: a list of numbers (a measured rate, an ``llr``) on
+    one line."""
+    text = json.dumps(dict(sorted(shipped.items())), indent=1)
+    numbers = re.compile(r"\[\s*(-?[0-9.e-]+(?:,\s*-?[0-9.e-]+)*)\s*\]")
+    return numbers.sub(lambda found: "[" + ", ".join(found.group(1).split()).replace(",,", ",") + "]", text) + "\n"
 
 
 # -- AS-norm: adaptive symmetric score normalisation, the library as cohort ----------------------------
@@ -326,9 +329,10 @@ def shipped_json(shipped: dict[str, dict]) -> str:
 #
 # For a fused matcher each encoder's cosine is normalised on its own and the ``z`` are averaged. The cohort is
 # the library's own voices (all but the voice being scored), which holds recordings of the user's sources;
-# measured below leave-one-source-out against the plain cosine (``match`` does not use it: see docs/matching.md).
+# measured below leave-one-source-out against the plain cosine and against the cohort margin ``match`` applies
+# (``voicedb.cohort``: the same without the division by the spread).
 
-#: Cohort scores averaged per side: the closest voices, where the confusions are.
+#: Cohort scores averaged per side in AS-norm: the closest voices, where the confusions are.
 TOP = 20
 #: A cohort spread below this is taken as this (identical cohort scores would divide by zero).
 MIN_SPREAD = 1e-3
@@ -368,14 +372,41 @@ def source_of(clip: Clip) -> str:
 Evidence = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def library_scores(evidence: Evidence, enrolled: np.ndarray, probe: int, normalise: bool) -> np.ndarray:
+#: How a probe's scores against a library are computed (``library_scores``).
+COSINE, AS_NORM, MARGIN = "cosine", "AS-norm, the library as cohort", "cohort margin"
+
+
+def library_scores(
+    evidence: Evidence, enrolled: np.ndarray, probe: int, scoring: str, shipped: np.ndarray | None = None
+) -> np.ndarray:
     """One probe's scores against the voices enrolled from clips ``enrolled``: the mean of the encoders'
-    cosines, or with ``normalise`` of their AS-norm scores, the other enrolled voices being the cohort."""
+    cosines (``COSINE``); their AS-norm scores averaged (``AS_NORM``), the other enrolled voices being the
+    cohort; or that mean cosine less the cohort margin voicedb applies (``MARGIN``, ``voicedb.cohort``), the
+    cohort being the other enrolled voices and the voices of clips ``shipped`` (a shipped cohort)."""
+    if scoring == MARGIN:
+        from voicedb.cohort import margins
+
+        def mean_cosines(rows: np.ndarray, columns: np.ndarray, query: bool) -> np.ndarray:
+            return np.mean(
+                [voices[rows] @ (probes if query else voices)[columns].T for voices, probes in evidence.values()],
+                axis=0,
+            )
+
+        extra = np.empty(0, dtype=int) if shipped is None else shipped
+        scores = mean_cosines(enrolled, np.array([probe]), query=True)[:, 0]
+        among = mean_cosines(enrolled, enrolled, query=False)
+        np.fill_diagonal(among, -np.inf)  # a voice is not its own cohort
+        query_cohort = np.where(np.eye(len(enrolled), dtype=bool), -np.inf, scores[None, :])
+        query_extra = np.tile(mean_cosines(extra, np.array([probe]), query=True)[:, 0], (len(enrolled), 1))
+        voice_extra = mean_cosines(enrolled, extra, query=False).reshape(len(enrolled), len(extra))
+        return margins(
+            scores, np.concatenate([query_cohort, query_extra], axis=1), np.concatenate([among, voice_extra], axis=1)
+        )
     per_encoder = []
     for voices, probes in evidence.values():
         library = voices[enrolled]
         scores = library @ probes[probe]
-        if normalise:
+        if scoring == AS_NORM:
             among = library @ library.T
             others = ~np.eye(len(enrolled), dtype=bool)
             cohort_q = np.where(others, scores[None, :], -np.inf)  # row j: the query against all voices but j
@@ -404,11 +435,16 @@ class Trials:
 
 
 def open_set_trials(
-    evidence: Evidence, speakers: np.ndarray, library: list[str], probes: np.ndarray, normalise: bool
+    evidence: Evidence,
+    speakers: np.ndarray,
+    library: list[str],
+    probes: np.ndarray,
+    scoring: str,
+    shipped: np.ndarray | None = None,
 ) -> Trials:
     """Every speaker of ``library`` enrolled with its first clip; each clip of ``probes`` (indices) scored: an
     enrolled speaker's other clips must find their voice, and every probe, with its own voice taken out of
-    the library, is a stranger who must be rejected."""
+    the library, is a stranger who must be rejected (``shipped``: see ``library_scores``)."""
     first = np.array([int(np.flatnonzero(speakers == s)[0]) for s in library])
     owners = np.array(library)
     genuine, strangers, same, different = [], [], [], []
@@ -417,13 +453,16 @@ def open_set_trials(
         if own.any() and i in first:
             continue  # an enrolment clip is not its own probe
         if own.any():
-            scores = library_scores(evidence, first, int(i), normalise)
+            scores = library_scores(evidence, first, int(i), scoring, shipped)
             best = int(np.argmax(scores))
             genuine.append((bool(own[best]), float(scores[best])))
             same.append(float(scores[own][0]))
             different.extend(scores[~own].tolist())
         keep = ~own
-        scores = library_scores(evidence, first[keep], int(i), normalise)
+        if not keep.any():  # nobody else enrolled: nothing to confuse the stranger with
+            strangers.append(-np.inf)
+            continue
+        scores = library_scores(evidence, first[keep], int(i), scoring, shipped)
         strangers.append(float(scores.max()))
     return Trials(genuine, np.array(strangers), np.array(same), np.array(different))
 
@@ -459,28 +498,52 @@ def pair_threshold(evidence: Evidence, speakers: np.ndarray, clips: np.ndarray, 
 
 
 def leave_one_source_out(
-    evidence: Evidence, speakers: np.ndarray, sources: np.ndarray, normalise: bool, target: float
+    evidence: Evidence,
+    speakers: np.ndarray,
+    sources: np.ndarray,
+    scoring: str,
+    target: float,
+    cohort_voices: np.ndarray | None = None,
 ) -> dict[str, SourceResult]:
     """For each source: the threshold fitted on the other sources alone -- cosines by the shipped rule (``target``
-    of their different-speaker pairs accepted); AS-norm scores, which have no pairs without a library, with
+    of their different-speaker pairs accepted); normalised scores, which have no pairs without a library, with
     the other sources' speakers as the library, all but ``target`` of their strangers rejected -- then the
     held-out source's clips probed against the library of every speaker with two or more clips (the cohort,
-    when normalising, is that library: the user's own voices)."""
+    when normalising, is that library: the user's own voices).
+
+    With ``cohort_voices`` (the row of each speaker's voice vector in ``evidence``, past the clips' rows) the
+    library is the held-out source's speakers alone and the cohort margin's cohort adds the other sources'
+    voices, as a small library's is padded by the shipped cohort."""
     multi = sorted(s for s in set(speakers) if (speakers == s).sum() >= 2)
     results = {}
     for held_out in sorted(set(sources)):
         train = np.flatnonzero(sources != held_out)
-        if normalise:
-            train_library = [s for s in multi if s in set(speakers[train])]
-            fitted = open_set_trials(evidence, speakers, train_library, train, normalise)
-            threshold = stranger_threshold(fitted.strangers, target)
-        else:
+        if scoring == COSINE:
             threshold = pair_threshold(evidence, speakers, train, target)
-        tested = open_set_trials(evidence, speakers, multi, np.flatnonzero(sources == held_out), normalise)
+        else:
+            train_library = [s for s in multi if s in set(speakers[train])]
+            fitted = open_set_trials(evidence, speakers, train_library, train, scoring)
+            threshold = stranger_threshold(fitted.strangers, target)
+        tested_clips = np.flatnonzero(sources == held_out)
+        library, shipped = multi, None
+        if cohort_voices is not None:
+            library = [s for s in multi if s in set(speakers[tested_clips])]
+            shipped = np.array([cohort_voices[s] for s in sorted(set(speakers[train]))])
+        tested = open_set_trials(evidence, speakers, library, tested_clips, scoring, shipped)
         accepted = sum(right and score >= threshold for right, score in tested.genuine)
         rejected = int((tested.strangers < threshold).sum())
         results[held_out] = SourceResult((accepted, len(tested.genuine)), (rejected, len(tested.strangers)))
     return results
+
+
+def with_voices(evidence: Evidence, speakers: np.ndarray, everyone: list[str]) -> Evidence:
+    """``evidence`` with one more row per speaker of ``everyone`` (in that order) after the clips' rows: the
+    speaker's voice vector, the normalised mean of its clips' (what a shipped cohort holds)."""
+    extended = {}
+    for encoder, (voices, probes) in evidence.items():
+        means = np.stack([unit(list(voices[speakers == s])) for s in everyone])
+        extended[encoder] = (np.vstack([voices, means]), np.vstack([probes, means]))
+    return extended
 
 
 def with_interval(pair: tuple[int, int]) -> str:
@@ -545,6 +608,7 @@ def main() -> None:
 
     from voicedb.audio import load_query
     from voicedb.campplus import CAMPPLUS_FILE, load_campplus
+    from voicedb.cohort import TOP as COHORT_TOP
     from voicedb.files import sha256_file
     from voicedb.matchers import CAMPPLUS, CHATTERBOX, fuse
     from voicedb.matching import CONDITIONALS_EVIDENCE
@@ -599,33 +663,53 @@ def main() -> None:
     # a voice without clips (a .pt) holds the conditionals embedding; the query is embedded from its speech
     evidences[CONDITIONALS_EVIDENCE] = {CHATTERBOX: (conditionals, speech[CHATTERBOX])}
     sources = np.array([source_of(clip) for clip in clips])
+    everyone = sorted(set(speakers))
+    voice_rows = {speaker: len(clips) + n for n, speaker in enumerate(everyone)}
     loso = {}
     for name, evidence in evidences.items():
-        for normalise in (False, True):
-            label = f"{name}, {'AS-norm, the library as cohort' if normalise else 'cosine'}"
-            target = args.target_reject if normalise else args.target_far
-            loso[label] = leave_one_source_out(evidence, speakers, sources, normalise, target)
+        for scoring in (COSINE, AS_NORM, MARGIN):
+            target = args.target_far if scoring == COSINE else args.target_reject
+            loso[f"{name}, {scoring}"] = leave_one_source_out(evidence, speakers, sources, scoring, target)
+        # a library of the new source's voices alone, the other sources' voices padding the cohort (as shipped)
+        padded = with_voices(evidence, speakers, everyone)
+        loso[f"{name}, {MARGIN}, a library of that source alone + shipped cohort"] = leave_one_source_out(
+            padded, speakers, sources, MARGIN, args.target_reject, voice_rows
+        )
     print_loso(loso, args.target_far, args.target_reject)
 
     multi = sorted(s for s in set(speakers) if (speakers == s).sum() >= 2)
     measured_on = f"tests/devset, {len(set(speakers))} speakers, {len(clips)} clips, {dt.date.today()}"
-    shipped = {}
-    print("\nshipped (fitted on the whole set: threshold, llr = a * score + b):")
+    shipped, cohorts = {}, {}
+    print("\nshipped (fitted on the whole set: threshold, llr = a * score + b; cohort margin threshold):")
     for name, evidence in evidences.items():
         encoders = (CHATTERBOX,) if name == CONDITIONALS_EVIDENCE else tuple(name.split("+"))
         identity = ":".join([name, *(sums[e] for e in encoders)])
-        trials = open_set_trials(evidence, speakers, multi, np.arange(len(clips)), normalise=False)
+        trials = open_set_trials(evidence, speakers, multi, np.arange(len(clips)), COSINE)
         threshold = pair_threshold(evidence, speakers, np.arange(len(clips)), args.target_far)
         entry = {"threshold": threshold, "llr": fit_llr(trials.same, trials.different), "measured_on": measured_on}
         if name in matchers:
             r = by_name[matchers[name]]
             entry["rates"] = rates(r.genuine, r.impostor)
+        if name in MARGIN_MATCHERS:
+            normed = open_set_trials(evidence, speakers, multi, np.arange(len(clips)), MARGIN)
+            entry["margin"] = {
+                "top": COHORT_TOP,
+                "threshold": stranger_threshold(normed.strangers, args.target_reject),
+                "rates": rates(normed.same, normed.different, MARGIN_CUTS),
+            }
+            voices = with_voices(evidence, speakers, everyone)
+            cohorts[identity] = fuse([voices[e][0][len(clips) :] for e in encoders]).astype(np.float32)
         shipped[identity] = entry
-        print(f"  {identity}: {entry['threshold']:.2f}, llr {entry['llr']}")
+        margin = f", margin {entry['margin']['threshold']:.3f}" if "margin" in entry else ""
+        print(f"  {identity}: {entry['threshold']:.2f}, llr {entry['llr']}{margin}")
     if args.write_shipped:  # entries for other weights (another checkpoint's) stay
         current = json.loads(SHIPPED.read_text()) if SHIPPED.exists() else {}
         SHIPPED.write_text(shipped_json({**current, **shipped}))
-        print(f"written: {SHIPPED}")
+        if SHIPPED_COHORTS.exists():
+            with np.load(SHIPPED_COHORTS) as stored:
+                cohorts = {**{key: stored[key] for key in stored.files}, **cohorts}
+        np.savez_compressed(SHIPPED_COHORTS, **cohorts)
+        print(f"written: {SHIPPED}, {SHIPPED_COHORTS}")
     fused = by_name[matchers[f"{CHATTERBOX}+{CAMPPLUS}"]]
     plot(results, fused, fused.far_threshold, args.plot)
     print(f"plot: {args.plot}")

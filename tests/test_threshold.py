@@ -17,9 +17,10 @@ import soundfile
 from conftest import library_digest, run, run_fails
 
 from voicedb import VoiceDB, config
-from voicedb.calibration import equal_error_threshold, meta_key, verdict
+from voicedb.calibration import equal_error_threshold, verdict
 from voicedb.campplus import CAMPPLUS_FILE
 from voicedb.files import sha256_file
+from voicedb.matching import calibration_key
 from voicedb.store import MetaRow
 
 FUSED = "chatterbox+campplus"
@@ -52,18 +53,36 @@ def match_json(*args: str) -> dict:
 
 
 # -- where the threshold comes from ---------------------------------------------------------------------
-def test_a_library_that_was_never_calibrated_uses_the_value_shipped_for_its_matcher(library, speakers, identity):
+def test_a_library_that_was_never_calibrated_uses_the_margin_threshold_shipped_for_its_matcher(
+    library, speakers, identity
+):
     shipped = config.SHIPPED_THRESHOLDS[identity]
     applied = VoiceDB().threshold()
-    assert (applied.value, applied.kind, applied.matcher) == (shipped["threshold"], "shipped", FUSED)
-    assert applied.source == f"shipped default for {FUSED} with these weights, measured on {shipped['measured_on']}"
-    assert applied.rates == tuple(tuple(rate) for rate in shipped["rates"])
+    assert (applied.value, applied.kind, applied.matcher) == (shipped["margin"]["threshold"], "shipped", FUSED)
+    assert applied.source == (
+        f"shipped default for {FUSED} cohort margins with these weights, measured on {shipped['measured_on']}"
+    )
+    assert applied.rates == tuple(tuple(rate) for rate in shipped["margin"]["rates"])
     query = next(iter(speakers.values()))[0]
     assert {k: v for k, v in match_json(str(query)).items() if k != "matches"} == {
-        "threshold": shipped["threshold"],
+        "threshold": shipped["margin"]["threshold"],
         "threshold_source": applied.source,
         "matcher": FUSED,
+        "scores": "cohort margin",
     }
+
+
+def test_a_library_calibrated_on_cosines_keeps_scoring_by_cosine(library, speakers, identity):
+    """A calibration from before cohort margins measured cosines: the library goes on scoring as it measured."""
+    db = VoiceDB()
+    record = {"identity": identity, "threshold": 0.61, "voices": 9, "same": 9, "different": 9, "date": "2026-11-01"}
+    with db.context.store.session() as session:
+        session.merge(MetaRow(key=calibration_key(identity), value=json.dumps(record)))
+        session.commit()
+    assert (db.threshold().value, db.threshold().scores) == (0.61, "cosine")
+    query = next(iter(speakers.values()))[0]
+    best = db.match(query, k=1, threshold=None)[0]
+    assert best.cosine == best.score  # a cosine, not a margin
 
 
 def test_an_encoder_nobody_measured_falls_back_to_the_default(library, monkeypatch: pytest.MonkeyPatch):
@@ -86,9 +105,9 @@ def test_a_calibration_stored_for_other_encoder_weights_is_ignored(library, iden
     other = f"{FUSED}:{'0' * 16}:{'0' * 16}"
     record = {"identity": other, "threshold": 0.1, "voices": 9, "same": 9, "different": 9, "date": "2020-01-01"}
     with db.context.store.session() as session:
-        session.merge(MetaRow(key=meta_key(other), value=json.dumps(record)))
+        session.merge(MetaRow(key=calibration_key(other), value=json.dumps(record)))
         session.commit()
-    shipped = config.SHIPPED_THRESHOLDS[identity]["threshold"]
+    shipped = config.SHIPPED_THRESHOLDS[identity]["margin"]["threshold"]
     assert (db.threshold().value, db.threshold().kind) == (shipped, "shipped")
 
 
@@ -103,7 +122,8 @@ def test_calibrate_on_real_voices_stores_a_threshold_that_match_and_show_report(
     assert measured["different_speaker_scores"] == clips * (len(library) - 1)  # every clip against every other voice
     rates = measured["rates"]
     chosen = measured["threshold"]
-    candidates = {round(0.30 + 0.05 * n, 2) for n in range(14)}
+    assert measured["scores"] == "cohort margin"  # as the shipped margin was measured for these weights
+    candidates = {round(-0.10 + 0.05 * n, 2) for n in range(13)}
     assert [r["threshold"] for r in rates] == sorted(candidates | {chosen})
     rejects, accepts = [r["false_reject"] for r in rates], [r["false_accept"] for r in rates]
     assert rejects == sorted(rejects) and accepts == sorted(accepts, reverse=True)
@@ -198,6 +218,7 @@ def test_near_the_threshold_the_hint_quotes_the_measured_rates(home: Path, multi
     speaker, clips = next(iter(multi_clip_speakers.items()))
     enroll(speaker, clips[:1], "--no-conditionals")
     query = str(clips[1])
+    monkeypatch.setitem(config.SHIPPED_THRESHOLDS, identity, {"threshold": 0.5, "measured_on": "a test"})  # cosines
     score = match_json(query, "--all")["matches"][0]["score"]
     rates = [[round(score - 0.1, 4), 0.0, 0.05], [round(score + 0.1, 4), 0.2, 0.0]]  # at the score: FA 2.5%, FR 10%
     entry = {"threshold": round(score - 0.02, 4), "measured_on": "a test", "rates": rates}

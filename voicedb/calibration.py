@@ -11,7 +11,6 @@ threshold (by ``calibrate``, else shipped) turn scores into words: see ``verdict
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 
@@ -20,21 +19,20 @@ from sqlalchemy import func, select
 
 from . import config
 from .catalog import Catalog, matcher_vector
+from .cohort import top_mean, top_means_without
 from .context import LibraryContext
 from .errors import VoiceDBError
 from .matchers import encoders_of, fuse, mean_embedding
-from .matching import Matcher, check_threshold
+from .matching import COSINE_SCORES, MARGIN_SCORES, Margins, Matcher, calibration_key, check_threshold
 from .records import Calibration, Threshold
 from .store import ClipRow, MetaRow, VoiceRow, utcnow
 
-#: Thresholds ``calibrate`` reports error rates at, besides the one it chooses (and stores, for verdicts).
-CANDIDATES = tuple(round(0.30 + 0.05 * n, 2) for n in range(14))
-
-
-def meta_key(identity: str) -> str:
-    """The ``meta`` row holding the threshold calibrated for a matcher ``identity`` (``Thresholds.identity``):
-    a prefix of the identity's SHA-256, as keys hold 64 characters (the identity is kept in the value)."""
-    return f"threshold:{hashlib.sha256(identity.encode()).hexdigest()[:48]}"
+#: Thresholds ``calibrate`` reports error rates at, besides the one it chooses (and stores, for verdicts):
+#: for cosines and for cohort margins (``voicedb.cohort``).
+CANDIDATES = {
+    COSINE_SCORES: tuple(round(0.30 + 0.05 * n, 2) for n in range(14)),
+    MARGIN_SCORES: tuple(round(-0.10 + 0.05 * n, 2) for n in range(13)),
+}
 
 
 Rates = tuple[tuple[float, float, float], ...]
@@ -107,25 +105,42 @@ def equal_error_threshold(same: np.ndarray, different: np.ndarray) -> float:
     return float((cuts[best[0]] + cuts[best[-1]]) / 2)
 
 
-def calibration_scores(clips: list[list[np.ndarray]], vectors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(same-speaker, different-speaker) cosine scores of voices given as their clip embeddings and stored vectors.
+def calibration_scores(
+    clips: list[list[np.ndarray]], vectors: list[np.ndarray], scoring: Margins | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(same-speaker, different-speaker) scores of voices given as their clip embeddings and stored vectors.
 
     Same speaker, leave one out: each clip of a voice with two or more clips against the L2-normalised mean
     of that voice's other clips (for a fused matcher, the mean of fused vectors, close to what the index
     holds: the encoders' means, fused). Different speakers: each clip of every voice against every other voice's
-    stored vector, the comparison ``match`` makes between a query clip and an enrolled voice.
+    stored vector, the comparison ``match`` makes between a query clip and an enrolled voice. With ``scoring``
+    the scores are cohort margins, the cohort being the other voices and the shipped cohort, as ``match``'s.
     """
-    same = [
-        float(clip @ mean_embedding(own[:n] + own[n + 1 :]))
-        for own in clips
-        if len(own) >= 2
-        for n, clip in enumerate(own)
-    ]
-    queries = np.stack([clip for own in clips for clip in own])
+    voices = np.stack(vectors).astype(np.float64)
+    queries = np.stack([clip for own in clips for clip in own]).astype(np.float64)
     owners = np.repeat(np.arange(len(clips)), [len(own) for own in clips])
-    scores = queries @ np.stack(vectors).T
-    different = scores[owners[:, None] != np.arange(len(clips))[None, :]]
-    return np.asarray(same, dtype=np.float64), different.astype(np.float64)
+    scores = queries @ voices.T
+    pairs = owners[:, None] != np.arange(len(clips))[None, :]
+    left_out = [mean_embedding(own[:n] + own[n + 1 :]) for own in clips if len(own) >= 2 for n in range(len(own))]
+    tested = np.array([len(own) >= 2 for own in clips])[owners]
+    same = np.einsum("ij,ij->i", queries[tested], np.stack(left_out)) if left_out else np.empty(0)
+    if scoring is None:
+        return same, scores[pairs]
+    shipped = scoring.shipped.astype(np.float64)
+    among = voices @ voices.T
+    np.fill_diagonal(among, -np.inf)
+    voice_means = top_mean(np.hstack([among, voices @ shipped.T]), scoring.top)
+    query_means = top_means_without(np.hstack([scores, queries @ shipped.T]), len(clips), scoring.top)
+    different = (scores - 0.5 * (query_means + voice_means[None, :]))[pairs]
+    if not left_out:
+        return same, different
+    means = np.stack(left_out)
+    own = owners[tested]
+    mean_pool = means @ voices.T
+    mean_pool[np.arange(len(own)), own] = -np.inf
+    left_out_means = top_mean(np.hstack([mean_pool, means @ shipped.T]), scoring.top)
+    same = same - 0.5 * (query_means[tested][np.arange(len(own)), own] + left_out_means)
+    return same, different
 
 
 def evenly(items: list[int], count: int) -> list[int]:
@@ -147,34 +162,38 @@ class Thresholds:
 
     def resolve(self, given: float | None = None) -> Threshold:
         """The threshold ``match`` applies, where it comes from, and the matcher's measured error rates (see
-        the module docstring): a calibration's, else the shipped ones, whichever threshold applies."""
+        the module docstring): a calibration's, else the shipped ones, whichever threshold applies. Where the
+        library scores by cohort margin the shipped ones are the margin's."""
         identity = self.identity()
         matcher = identity.split(":")[0]
-        with self.ctx.store.session() as session:
-            row = session.get(MetaRow, meta_key(identity))
-            stored = json.loads(row.value) if row else None
-        calibrated = stored if stored is not None and stored.get("identity") == identity else None
+        calibrated = self.matcher.calibration(identity)
+        scores = self.matcher.scores()
         shipped = config.SHIPPED_THRESHOLDS.get(identity)
+        measured_on = shipped["measured_on"] if shipped else ""
+        if shipped is not None and scores == MARGIN_SCORES:
+            shipped = shipped["margin"]
         measured = calibrated or shipped
-        rates = tuple(tuple(r) for r in measured["rates"]) if measured else None
+        rates = tuple(tuple(r) for r in measured["rates"]) if measured and "rates" in measured else None
         if given is not None:
             check_threshold(given)
-            return Threshold(given, "argument", "given explicitly", matcher, rates)
+            return Threshold(given, "argument", "given explicitly", matcher, rates, scores)
         if calibrated is not None:
             source = (
                 f"calibrated on {calibrated['voices']} voices / {calibrated['same']} same-speaker and "
                 f"{calibrated['different']} different-speaker scores on {calibrated['date']}"
             )
-            return Threshold(calibrated["threshold"], "calibrated", source, matcher, rates)
+            return Threshold(calibrated["threshold"], "calibrated", source, matcher, rates, scores)
         if shipped is not None:
-            source = f"shipped default for {matcher} with these weights, measured on {shipped['measured_on']}"
-            return Threshold(shipped["threshold"], "shipped", source, matcher, rates)
+            what = f"{matcher} cohort margins" if scores == MARGIN_SCORES else matcher
+            source = f"shipped default for {what} with these weights, measured on {measured_on}"
+            return Threshold(shipped["threshold"], "shipped", source, matcher, rates, scores)
         source = "shipped default (not measured for these encoder weights)"
-        return Threshold(config.DEFAULT_THRESHOLD, "default", source, matcher, None)
+        return Threshold(config.DEFAULT_THRESHOLD, "default", source, matcher, None, scores)
 
     def calibrate(self, dry_run: bool = False) -> Calibration:
         """Measure the library's same- and different-speaker scores from the stored clip embeddings (no audio
-        is decoded), choose the equal-error-rate threshold, and store it for the library's encoder."""
+        is decoded), choose the equal-error-rate threshold, and store it for the library's encoder. The scores
+        are cohort margins where those were measured for the matcher's weights (``match`` then scores so)."""
         clips, vectors = self._voices()
         multi = sum(len(own) >= 2 for own in clips)
         if multi < config.MIN_CALIBRATION_VOICES:
@@ -182,14 +201,18 @@ class Thresholds:
                 f"calibrating needs at least {config.MIN_CALIBRATION_VOICES} voices with two or more clips "
                 f"(this library has {multi}); add clips with `voicedb add CLIP --voice ID`."
             )
-        same, different = calibration_scores(clips, vectors)
+        identity = self.identity()
+        scoring = self.matcher.margins_measured(identity)
+        scores = MARGIN_SCORES if scoring is not None else COSINE_SCORES
+        same, different = calibration_scores(clips, vectors, scoring)
         chosen = round(equal_error_threshold(same, different), 2)  # as people write thresholds
-        rates = [(t, *error_rates(same, different, t)) for t in sorted({*CANDIDATES, chosen})]
+        candidates = CANDIDATES[scores]
+        rates = [(t, *error_rates(same, different, t)) for t in sorted({*candidates, chosen})]
         if not dry_run:
-            identity = self.identity()
             record = {
                 "identity": identity,
-                "rates": [[t, round(frr, 4), round(far, 4)] for t, frr, far in rates if t in CANDIDATES],
+                "scores": scores,
+                "rates": [[t, round(frr, 4), round(far, 4)] for t, frr, far in rates if t in candidates],
                 "threshold": chosen,
                 "voices": len(clips),
                 "same": len(same),
@@ -197,8 +220,9 @@ class Thresholds:
                 "date": utcnow().date().isoformat(),
             }
             with self.catalog.write("calibrate") as change:
-                change.session.merge(MetaRow(key=meta_key(identity), value=json.dumps(record, separators=(",", ":"))))
-        return Calibration(chosen, len(clips), len(same), len(different), rates, stored=not dry_run)
+                key = calibration_key(identity)
+                change.session.merge(MetaRow(key=key, value=json.dumps(record, separators=(",", ":"))))
+        return Calibration(chosen, len(clips), len(same), len(different), rates, stored=not dry_run, scores=scores)
 
     def _voices(self) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
         """(clip vectors, voice vector) in the library's matching space of the voices whose every clip has

@@ -7,10 +7,18 @@ kinds of score are put on one scale before they are ranked: each evidence has a 
 by logistic regression on the development set (``llr`` in ``shipped_thresholds.json``, written by
 ``scripts/eval_matching.py``), and a fallback score is reported as the matcher score with the same
 log-likelihood ratio, so one threshold and one set of verdicts serve both. ``Match.evidence`` says which.
+
+Where the development set measured it for the library's matcher and weights (``margin`` in
+``shipped_thresholds.json``), a score is then a cohort margin (``voicedb.cohort``): the cosine less what the
+query and the voice score with their nearest other voices, so recordings from a source of look-alike voices
+are not taken for one speaker. ``Match.cosine`` keeps the cosine.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +30,7 @@ from . import config
 from .audio import AudioInput, load_query
 from .campplus import CAMPPLUS_FILE
 from .catalog import Catalog, matcher_vector, stored_vectors
+from .cohort import margins, shipped_cohort
 from .context import LibraryContext
 from .errors import LibraryError, NoMatch, VoiceDBError
 from .flavours import DEFAULT_FLAVOUR, FLAVOURS
@@ -52,6 +61,28 @@ MISSING_CAMPPLUS = (
     "CAM++'s weights are not on this machine, so this library matches with chatterbox alone, the weaker "
     "matcher; `voicedb weights fetch` gets them, then `voicedb matcher chatterbox+campplus` switches"
 )
+
+
+#: How scores are computed: the matcher's cosine, or the cohort margin of it (``voicedb.cohort``).
+COSINE_SCORES, MARGIN_SCORES = "cosine", "cohort margin"
+
+#: Voices whose cohort margin is computed per query, the nearest by cosine: a margin re-ranks only these.
+MARGIN_CANDIDATES = 10
+
+
+def calibration_key(identity: str) -> str:
+    """The ``meta`` row holding the threshold calibrated for a matcher ``identity`` (``Matcher.identity``):
+    a prefix of the identity's SHA-256, as keys hold 64 characters (the identity is kept in the value)."""
+    return f"threshold:{hashlib.sha256(identity.encode()).hexdigest()[:48]}"
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Cohort-margin scoring as a library applies it: the cohort scores averaged per side, and the shipped
+    cohort (the development set's voices in the matcher's space) that joins the library's other voices."""
+
+    top: int
+    shipped: np.ndarray
 
 
 def check_threshold(threshold: float | None) -> None:
@@ -86,6 +117,10 @@ class Matcher:
     def __init__(self, ctx: LibraryContext, catalog: Catalog) -> None:
         self.ctx = ctx
         self.catalog = catalog
+        # (generation, matcher) -> voice pk -> the voice's cohort scores: a voice's nearest voices change only
+        # with the library, and a query needs them for every candidate
+        self._voice_cohorts: tuple[tuple[int, str], dict[int, np.ndarray]] = ((-1, ""), {})
+        self._voice_cohorts_lock = threading.Lock()
 
     @property
     def encoders(self) -> SpeakerEncoders:
@@ -153,6 +188,36 @@ class Matcher:
                 sums.append(row.value if row else self.encoders.checksum(encoder))
         return ":".join([evidence, *(checksum[:16] for checksum in sums)])
 
+    def calibration(self, identity: str | None = None) -> dict | None:
+        """What ``voicedb calibrate`` stored for the library's matcher identity (or ``identity``), if anything."""
+        identity = identity or self.identity()
+        with self.ctx.store.session() as session:
+            row = session.get(MetaRow, calibration_key(identity))
+        stored = json.loads(row.value) if row else None
+        return stored if stored is not None and stored.get("identity") == identity else None
+
+    def margins_measured(self, identity: str | None = None) -> Margins | None:
+        """Cohort-margin scoring for the matcher's weights where the development set measured it, else None."""
+        identity = identity or self.identity()
+        measured = config.SHIPPED_THRESHOLDS.get(identity, {}).get("margin")
+        shipped = shipped_cohort(identity)
+        if measured is None or shipped is None:
+            return None
+        return Margins(int(measured["top"]), shipped)
+
+    def margins(self) -> Margins | None:
+        """How this library scores: by cohort margin where it was measured for its matcher and weights, unless
+        the library was calibrated on cosines (a calibration from before margins keeps the scores it measured)."""
+        identity = self.identity()
+        calibrated = self.calibration(identity)
+        if calibrated is not None and calibrated.get("scores", COSINE_SCORES) != MARGIN_SCORES:
+            return None
+        return self.margins_measured(identity)
+
+    def scores(self) -> str:
+        """``MARGIN_SCORES`` or ``COSINE_SCORES``: what this library's match scores are."""
+        return MARGIN_SCORES if self.margins() is not None else COSINE_SCORES
+
     def scale(self) -> Scale:
         """How the fallback index's scores join the matcher's (see the module docstring)."""
         return fallback_scale(self.identity(), self.identity(CONDITIONALS_EVIDENCE))
@@ -206,8 +271,7 @@ class Matcher:
         matcher = self.name()
         with self.ctx.store.session() as session:
             row = self.catalog.row(session, ref)
-            pk, vector = row.pk, matcher_vector(row, matcher)
-            parts = split(vector, matcher) if vector is not None else {CHATTERBOX: stored_vectors(row)[CHATTERBOX]}
+            pk, parts = row.pk, self._voice_parts(row, matcher)
         return self.match_parts(parts, k=k, exclude=pk)
 
     def match_parts(
@@ -234,6 +298,65 @@ class Matcher:
         return matches
 
     def _ranked(
+        self, parts: dict[str, np.ndarray], matcher: str, k: int, exclude: int | None, rebuild: bool
+    ) -> list[tuple[int, float, float, str]]:
+        """(pk, score, cosine, evidence) of the ``k`` best voices: ``_nearest``'s, or their cohort margins
+        (the ``MARGIN_CANDIDATES`` nearest by cosine, re-ranked) where the library scores by margin."""
+        scoring = self.margins()
+        if scoring is None:
+            return self._nearest(parts, matcher, k, exclude, rebuild)
+        wanted = max(k, MARGIN_CANDIDATES)
+        pool = self._nearest(parts, matcher, wanted + scoring.top + 1, exclude, rebuild)
+        candidates = pool[:wanted]
+        if not candidates:
+            return []
+        scores = np.array([score for _, score, _, _ in pool])
+        shipped = self._shipped_scores(parts, matcher, scoring)
+        query_cohort = np.stack([np.concatenate([np.delete(scores, j), shipped]) for j in range(len(candidates))])
+        voice_cohort = self._voice_cohort_scores([pk for pk, *_ in candidates], matcher, scoring, rebuild)
+        found = margins(scores[: len(candidates)], query_cohort, voice_cohort, scoring.top)
+        hits = [(pk, float(m), cosine, evidence) for (pk, _, cosine, evidence), m in zip(candidates, found)]
+        return sorted(hits, key=lambda hit: -hit[1])[:k]
+
+    def _shipped_scores(self, parts: dict[str, np.ndarray], matcher: str, scoring: Margins) -> np.ndarray:
+        """A query's scores on the matcher's scale with the shipped cohort's voices (as ``_nearest`` scores)."""
+        encoders = encoders_of(matcher)
+        if set(encoders) <= set(parts):
+            return scoring.shipped @ fuse([parts[encoder] for encoder in encoders])
+        zeros = {encoder: np.zeros(DIMENSIONS[encoder], np.float32) for encoder in encoders}
+        vector = fuse([parts.get(encoder, zeros[encoder]) for encoder in encoders])
+        return np.asarray(self.scale()(scoring.shipped @ vector * len(encoders)))
+
+    def _voice_cohort_scores(self, pks: list[int], matcher: str, scoring: Margins, rebuild: bool) -> np.ndarray:
+        """Row per voice of ``pks``: its ``top`` best scores with the library's other voices and its scores with
+        the shipped cohort, the other side of a margin (kept until the library changes)."""
+        with self.ctx.store.session() as session:
+            key = (self.ctx.store.generation(session), matcher)
+            with self._voice_cohorts_lock:
+                if self._voice_cohorts[0] != key:
+                    self._voice_cohorts = (key, {})
+                known = dict(self._voice_cohorts[1])
+            missing = [pk for pk in pks if pk not in known]
+            rows = session.scalars(select(VoiceRow).where(VoiceRow.pk.in_(missing))) if missing else []
+            voices = {row.pk: self._voice_parts(row, matcher) for row in rows}
+        for pk, parts in voices.items():
+            nearest = [score for _, score, _, _ in self._nearest(parts, matcher, scoring.top, pk, rebuild)]
+            known[pk] = np.concatenate(
+                [np.asarray(nearest, dtype=np.float64), self._shipped_scores(parts, matcher, scoring)]
+            )
+        with self._voice_cohorts_lock:
+            if self._voice_cohorts[0] == key:
+                self._voice_cohorts[1].update({pk: known[pk] for pk in voices})
+        width = max(len(known[pk]) for pk in pks)
+        return np.stack([np.pad(known[pk], (0, width - len(known[pk])), constant_values=-np.inf) for pk in pks])
+
+    @staticmethod
+    def _voice_parts(row: VoiceRow, matcher: str) -> dict[str, np.ndarray]:
+        """A stored voice as a query: its matcher vector's parts, else its Chatterbox embedding (no clips)."""
+        vector = matcher_vector(row, matcher)
+        return split(vector, matcher) if vector is not None else {CHATTERBOX: stored_vectors(row)[CHATTERBOX]}
+
+    def _nearest(
         self, parts: dict[str, np.ndarray], matcher: str, k: int, exclude: int | None, rebuild: bool
     ) -> list[tuple[int, float, float, str]]:
         """(pk, score on the matcher's scale, cosine, evidence) of the ``k`` best voices of both indexes.

@@ -38,9 +38,11 @@ class Voice:
 @dataclass(frozen=True)
 class Match:
     """One stored voice near a query clip. ``score`` is on the library matcher's scale (a cosine, or for a
-    fused matcher the mean of its encoders' cosines); ``evidence`` names what it was computed from: the
-    matcher, or ``chatterbox`` for a voice the matcher cannot compare (no kept clips), whose ``cosine`` was
-    put on the matcher's scale by the calibration (see ``voicedb.matching``)."""
+    fused matcher the mean of its encoders' cosines), or where the library scores by cohort margin
+    (``voicedb.cohort``) that score less the query's and the voice's cohort means; ``evidence`` names what it
+    was computed from: the matcher, or ``chatterbox`` for a voice the matcher cannot compare (no kept clips),
+    whose ``cosine`` was put on the matcher's scale by the calibration (see ``voicedb.matching``). ``cosine``
+    is the raw cosine of that evidence where the score is not it."""
 
     id: str
     name: str
@@ -71,9 +73,16 @@ class Threshold:
     #: Error rates measured for that matcher -- (threshold, false-reject rate, false-accept rate) ascending -- by
     #: ``calibrate`` on this library or on the development set for the shipped value; ``None`` if never measured.
     rates: tuple[tuple[float, float, float], ...] | None = None
+    #: What the scores are: ``"cosine"`` or ``"cohort margin"`` (``voicedb.cohort``): the threshold applies to them.
+    scores: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.value, "threshold_source": self.source, "matcher": self.matcher}
+        return {
+            "threshold": self.value,
+            "threshold_source": self.source,
+            "matcher": self.matcher,
+            "scores": self.scores,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,8 @@ class Calibration:
     different: int
     rates: list[tuple[float, float, float]]
     stored: bool
+    #: What was measured: ``"cosine"`` or ``"cohort margin"`` scores.
+    scores: str = "cosine"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +110,7 @@ class Calibration:
                 for t, frr, far in self.rates
             ],
             "stored": self.stored,
+            "scores": self.scores,
         }
 
 
