@@ -31,6 +31,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import math
 import re
 import subprocess
 import sys
@@ -694,7 +695,7 @@ def main() -> None:
             normed = open_set_trials(evidence, speakers, multi, np.arange(len(clips)), MARGIN)
             entry["margin"] = {
                 "top": COHORT_TOP,
-                "threshold": stranger_threshold(normed.strangers, args.target_reject),
+                "threshold": math.ceil(round(stranger_threshold(normed.strangers, args.target_reject) * 100, 6)) / 100,
                 "rates": rates(normed.same, normed.different, MARGIN_CUTS),
             }
             voices = with_voices(evidence, speakers, everyone)
