@@ -399,11 +399,16 @@ async function findVoice() {
     : result.matched
       ? `Sounds like ${best.name}: ${best.verdict} (score ${best.score.toFixed(2)}, threshold ${result.threshold.toFixed(2)}).`
       : `Unknown speaker: nobody reaches the threshold of ${result.threshold.toFixed(2)} (nearest: ${best.name}, ${best.verdict}).`;
-  $("#match-results").replaceChildren(...result.nearest.map((hit) => resultRow(hit, result.threshold)));
+  const scale = SCORE_SCALES[result.scores] ?? SCORE_SCALES.cosine;
+  $("#match-results").replaceChildren(...result.nearest.map((hit) => resultRow(hit, result.threshold, scale)));
 }
 
-/** A ranked voice: its name, verdict and a bar of its score, with the threshold marked. */
-function resultRow(hit, threshold) {
+/** The span a score bar covers, by what the scores are: cosines, or cohort margins (docs/matching.md). */
+const SCORE_SCALES = { cosine: [0, 1], "cohort margin": [-0.4, 0.6] };
+
+/** A ranked voice: its name, verdict and a bar of its score on ``[low, high]``, with the threshold marked. */
+function resultRow(hit, threshold, [low, high]) {
+  const along = (score) => `${Math.max(0, Math.min(1, (score - low) / (high - low))) * 100}%`;
   const row = document.createElement("li");
   row.className = "result";
   const label = document.createElement("span");
@@ -412,17 +417,17 @@ function resultRow(hit, threshold) {
   const bar = document.createElement("div");
   bar.className = "bar";
   bar.setAttribute("role", "meter");
-  bar.setAttribute("aria-valuemin", "0");
-  bar.setAttribute("aria-valuemax", "1");
+  bar.setAttribute("aria-valuemin", String(low));
+  bar.setAttribute("aria-valuemax", String(high));
   bar.setAttribute("aria-valuenow", String(hit.score));
   bar.setAttribute("aria-label", `score of ${hit.name}`);
   const fill = document.createElement("div");
   fill.className = hit.score >= threshold ? "fill" : "fill below";
-  fill.style.width = `${Math.max(0, Math.min(1, hit.score)) * 100}%`;
+  fill.style.width = along(hit.score);
   const mark = document.createElement("div");
   mark.className = "threshold";
   mark.title = `threshold ${threshold.toFixed(2)}`;
-  mark.style.left = `${Math.max(0, Math.min(1, threshold)) * 100}%`;
+  mark.style.left = along(threshold);
   bar.append(fill, mark);
   row.append(label, bar);
   return row;
