@@ -22,7 +22,14 @@ Printed for each encoder and preprocessing choice:
   speakers: the threshold is chosen on one half, the other half is enrolled -- every other speaker with its
   first clip -- and probed with the enrolled speakers' other clips and every clip of the rest, who are
   strangers): enrolled probes accepted with the right name, and strangers rejected.
+- leaving one *source* out (the threshold fitted on the other sources alone, then the held-out source's
+  clips probed against the library): enrolled probes accepted with the right name and strangers rejected, with
+  95% Wilson intervals, for cosines, AS-norm and the cohort margin ``match`` applies (``voicedb.cohort``),
+  the margin also with a library of the held-out source alone and the other sources' voices as the cohort.
 The plot (PNG) shows DET curves of the choices and the score distributions of the shipped matcher.
+``--write-shipped`` writes the thresholds, ``llr`` calibrations and (for ``MARGIN_MATCHERS``) the margin's
+threshold and rates to ``voicedb/shipped_thresholds.json`` and the development set's voices, the shipped
+cohort, to ``voicedb/cohorts.npz``.
 """
 
 from __future__ import annotations

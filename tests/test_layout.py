@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voicedb"
 #: Lower layers first; a module may import only from layers below its own.
 LAYERS = [
     {"errors", "files", "faults", "records"},
-    {"config", "matchers", "streaming"},
+    {"config", "matchers", "streaming", "cohort"},
     {"flavours", "audio", "speech", "bundle", "store", "locks", "objects", "weights"},
     {"voice_encoder", "campplus", "batching", "encoding", "playback"},
     {"weight_sources"},

@@ -390,7 +390,8 @@ def add_many(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print {matches: [{id, name, score, verdict}], threshold, threshold_source, matcher}.",
+    help="Print {matches: [{id, name, score, evidence, cosine, verdict}], threshold, threshold_source, matcher, "
+    "scores}.",
 )
 @click.pass_context
 def match(
@@ -407,10 +408,12 @@ def match(
 ) -> None:
     """Find the stored voices nearest to the speaker in CLIP.
 
-    Prints scores (cosine similarity; for a fused matcher the mean of the encoders' cosines), best
-    first, each with a verdict in words that follows from the error rates measured for the matcher:
-    "same speaker" (different speakers almost never score this high), "probably the same speaker"
-    (above the threshold, but some do), "possibly the same speaker, below the threshold" (some clips
+    Prints scores, best first: cosine similarity (for a fused matcher the mean of the encoders'
+    cosines), or where measured for the matcher (chatterbox+campplus) its cohort margin, that cosine
+    less what the clip and the voice score with their nearest other voices. Each has a verdict in
+    words that follows from the error rates measured for the matcher: "same speaker" (different
+    speakers almost never score this high), "probably the same speaker" (above the threshold, but
+    some do), "possibly the same speaker, below the threshold" (some clips
     of the same speaker score this low), "unknown speaker". Exits with status 1 and "unknown
     speaker" when no voice reaches the threshold; near it, a hint says how to get surer matches.
     """
