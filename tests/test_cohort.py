@@ -20,7 +20,7 @@ from voicedb.catalog import matcher_vector
 from voicedb.cohort import TOP, margins, shipped_cohort, top_mean, top_means_without
 from voicedb.files import sha256_file
 from voicedb.matchers import fuse, mean_embedding
-from voicedb.matching import Margins
+from voicedb.matching import Margins, VoiceCohort
 from voicedb.store import VoiceRow
 
 FUSED = "chatterbox+campplus"
@@ -66,6 +66,13 @@ def test_a_stranger_among_look_alike_voices_is_told_from_their_speaker():
     assert np.isclose(ours[0], margin(0.85, [0.70] * 4, [0.70] * 4))
 
 
+def test_a_voice_s_cohort_leaves_out_the_voice_it_is_compared_with():
+    """``similar`` compares two stored voices: neither is the other's cohort, or duplicates would hide each other."""
+    cohort = VoiceCohort(np.array([7, 3, 9]), np.array([0.9, 0.5, 0.4]), np.array([0.1]))
+    assert cohort.scores(2, exclude=7).tolist() == [0.5, 0.4, 0.1]
+    assert cohort.scores(2, exclude=None).tolist() == [0.9, 0.5, 0.1]
+
+
 def test_calibration_margins_are_the_ones_match_would_give():
     rng = np.random.default_rng(7)
     clips = [list(unit_rows(rng, n)) for n in (3, 2, 1, 2)]
@@ -102,9 +109,12 @@ def first_clip_vector(db: VoiceDB, voice_id: str) -> np.ndarray:
     return fuse([parts["chatterbox"], parts["campplus"]])
 
 
-def expected_margins(db: VoiceDB, query: np.ndarray, shipped: np.ndarray) -> dict[str, float]:
-    """Every voice's margin for ``query`` from the definition: the library's other voices and the shipped cohort."""
-    stored = voice_vectors(db)
+def expected_margins(
+    db: VoiceDB, query: np.ndarray, shipped: np.ndarray, itself: str | None = None
+) -> dict[str, float]:
+    """Every voice's margin for ``query`` from the definition: the library's other voices and the shipped cohort
+    (``itself``: the stored voice the query is, which is neither scored nor in any cohort)."""
+    stored = {i: v for i, v in voice_vectors(db).items() if i != itself}
     found = {}
     for voice_id, vector in stored.items():
         others = [v for other, v in stored.items() if other != voice_id]
@@ -131,6 +141,9 @@ def test_match_scores_are_cohort_margins_and_follow_the_library_as_it_changes(
         expected = expected_margins(db, query, shipped)
         assert {hit.id: round(hit.score, 5) for hit in hits} == {i: round(s, 5) for i, s in expected.items()}
         assert all(hit.cosine is not None and hit.cosine > hit.score for hit in hits)
+    similar = db.similar(ids[0], k=len(ids))
+    expected = expected_margins(db, voice_vectors(db)[ids[0]], shipped, itself=ids[0])
+    assert {hit.id: round(hit.score, 5) for hit in similar} == {i: round(s, 5) for i, s in expected.items()}
     last, clips = list(multi_clip_speakers.items())[-1]
     run("add", *map(str, clips), "--name", last)  # every voice's cohort changes with it
     hits = db.match_vector(query, k=len(ids) + 1)

@@ -222,6 +222,7 @@ def test_similar_lists_a_voices_likely_duplicates_on_matchs_scale_with_verdicts(
     answer = json.loads(result.stdout)
     assert answer["voice"] == {"id": voice, "name": speaker} and len(answer["similar"]) == 2
     assert answer["similar"][0]["name"] == f"{speaker} again" and answer["similar"][0]["evidence"] == FUSED
+    assert answer["similar"][0]["score"] >= answer["threshold"]  # the pair is not its own cohort
     assert speaker not in [m["name"] for m in answer["similar"]]
     scores = [m["score"] for m in answer["similar"]]
     assert scores == sorted(scores, reverse=True)

@@ -85,6 +85,21 @@ class Margins:
     shipped: np.ndarray
 
 
+@dataclass(frozen=True)
+class VoiceCohort:
+    """A stored voice's side of a margin: its nearest other voices (pks and scores, best first, one more than
+    the cohort needs) and its scores with the shipped cohort."""
+
+    pks: np.ndarray
+    nearest: np.ndarray
+    shipped: np.ndarray
+
+    def scores(self, top: int, exclude: int | None) -> np.ndarray:
+        """The ``top`` nearest voices' scores but ``exclude``'s, and the shipped cohort's."""
+        kept = self.nearest[self.pks != exclude][:top] if exclude is not None else self.nearest[:top]
+        return np.concatenate([kept, self.shipped])
+
+
 def check_threshold(threshold: float | None) -> None:
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise VoiceDBError(f"threshold {threshold} is not a cosine score; choose a value from -1 to 1.")
@@ -119,7 +134,7 @@ class Matcher:
         self.catalog = catalog
         # (generation, matcher) -> voice pk -> the voice's cohort scores: a voice's nearest voices change only
         # with the library, and a query needs them for every candidate
-        self._voice_cohorts: tuple[tuple[int, str], dict[int, np.ndarray]] = ((-1, ""), {})
+        self._voice_cohorts: tuple[tuple[int, str], dict[int, VoiceCohort]] = ((-1, ""), {})
         self._voice_cohorts_lock = threading.Lock()
 
     @property
@@ -313,7 +328,7 @@ class Matcher:
         scores = np.array([score for _, score, _, _ in pool])
         shipped = self._shipped_scores(parts, matcher, scoring)
         query_cohort = np.stack([np.concatenate([np.delete(scores, j), shipped]) for j in range(len(candidates))])
-        voice_cohort = self._voice_cohort_scores([pk for pk, *_ in candidates], matcher, scoring, rebuild)
+        voice_cohort = self._voice_cohort_scores([pk for pk, *_ in candidates], matcher, scoring, exclude, rebuild)
         found = margins(scores[: len(candidates)], query_cohort, voice_cohort, scoring.top)
         hits = [(pk, float(m), cosine, evidence) for (pk, _, cosine, evidence), m in zip(candidates, found)]
         return sorted(hits, key=lambda hit: -hit[1])[:k]
@@ -327,9 +342,13 @@ class Matcher:
         vector = fuse([parts.get(encoder, zeros[encoder]) for encoder in encoders])
         return np.asarray(self.scale()(scoring.shipped @ vector * len(encoders)))
 
-    def _voice_cohort_scores(self, pks: list[int], matcher: str, scoring: Margins, rebuild: bool) -> np.ndarray:
-        """Row per voice of ``pks``: its ``top`` best scores with the library's other voices and its scores with
-        the shipped cohort, the other side of a margin (kept until the library changes)."""
+    def _voice_cohort_scores(
+        self, pks: list[int], matcher: str, scoring: Margins, exclude: int | None, rebuild: bool
+    ) -> np.ndarray:
+        """Row per voice of ``pks``: its ``top`` best scores with the library's other voices (``exclude``, the
+        voice a ``similar`` query is, left out: a pair is not its own cohort, or duplicates would hide each
+        other) and its scores with the shipped cohort, the other side of a margin. A voice's nearest voices
+        are kept until the library changes."""
         with self.ctx.store.session() as session:
             key = (self.ctx.store.generation(session), matcher)
             with self._voice_cohorts_lock:
@@ -340,15 +359,18 @@ class Matcher:
             rows = session.scalars(select(VoiceRow).where(VoiceRow.pk.in_(missing))) if missing else []
             voices = {row.pk: self._voice_parts(row, matcher) for row in rows}
         for pk, parts in voices.items():
-            nearest = [score for _, score, _, _ in self._nearest(parts, matcher, scoring.top, pk, rebuild)]
-            known[pk] = np.concatenate(
-                [np.asarray(nearest, dtype=np.float64), self._shipped_scores(parts, matcher, scoring)]
+            nearest = self._nearest(parts, matcher, scoring.top + 1, pk, rebuild)
+            known[pk] = VoiceCohort(
+                np.array([hit[0] for hit in nearest], dtype=np.int64),
+                np.array([hit[1] for hit in nearest], dtype=np.float64),
+                self._shipped_scores(parts, matcher, scoring),
             )
         with self._voice_cohorts_lock:
             if self._voice_cohorts[0] == key:
                 self._voice_cohorts[1].update({pk: known[pk] for pk in voices})
-        width = max(len(known[pk]) for pk in pks)
-        return np.stack([np.pad(known[pk], (0, width - len(known[pk])), constant_values=-np.inf) for pk in pks])
+        rows = [known[pk].scores(scoring.top, exclude) for pk in pks]
+        width = max(len(row) for row in rows)
+        return np.stack([np.pad(row, (0, width - len(row)), constant_values=-np.inf) for row in rows])
 
     @staticmethod
     def _voice_parts(row: VoiceRow, matcher: str) -> dict[str, np.ndarray]:
