@@ -384,13 +384,50 @@ Evidence = dict[str, tuple[np.ndarray, np.ndarray]]
 COSINE, AS_NORM, MARGIN = "cosine", "AS-norm, the library as cohort", "cohort margin"
 
 
+@dataclass(frozen=True)
+class Mixed:
+    """A library some of whose voices have no clips (``clip_less``, per clip row): such a voice is its
+    ``conditionals`` embedding, scored with the Chatterbox ``speech`` vector of a query or of another voice
+    and put on the matcher's scale as ``voicedb.matching.Scale`` does (``slope * cosine + offset``)."""
+
+    clip_less: np.ndarray
+    conditionals: np.ndarray
+    speech: np.ndarray
+    slope: float
+    offset: float
+
+    def rescaled(self, cosines: np.ndarray) -> np.ndarray:
+        return self.slope * cosines + self.offset
+
+
 def library_scores(
-    evidence: Evidence, enrolled: np.ndarray, probe: int, scoring: str, shipped: np.ndarray | None = None
+    evidence: Evidence,
+    enrolled: np.ndarray,
+    probe: int,
+    scoring: str,
+    shipped: np.ndarray | None = None,
+    mixed: Mixed | None = None,
 ) -> np.ndarray:
     """One probe's scores against the voices enrolled from clips ``enrolled``: the mean of the encoders'
     cosines (``COSINE``); their AS-norm scores averaged (``AS_NORM``), the other enrolled voices being the
     cohort; or that mean cosine less the cohort margin voicedb applies (``MARGIN``, ``voicedb.cohort``), the
-    cohort being the other enrolled voices and the voices of clips ``shipped`` (a shipped cohort)."""
+    cohort being the other enrolled voices and the voices of clips ``shipped`` (a shipped cohort). With
+    ``mixed`` (no shipped cohort) the clip-less voices among them are scored as ``match`` scores them: the
+    cosine with their conditionals embedding put on the matcher's cosine scale, then (``MARGIN``) the margin
+    of every score, with the voices' scores with each other rescaled alike where one of the two has no clips."""
+    if mixed is not None:  # clip-less voices: their cosine put on the matcher's scale, then as any other
+        bare = mixed.clip_less[enrolled]
+        chatterbox = np.where(bare[:, None], mixed.conditionals[enrolled], mixed.speech[enrolled])
+        fused = library_scores(evidence, enrolled, probe, COSINE)
+        scores = np.where(bare, mixed.rescaled(mixed.conditionals[enrolled] @ mixed.speech[probe]), fused)
+        if scoring == COSINE:
+            return scores
+        from voicedb.cohort import margins
+
+        among = np.mean([voices[enrolled] @ voices[enrolled].T for voices, _ in evidence.values()], axis=0)
+        among = np.where(bare[:, None] | bare[None, :], mixed.rescaled(chatterbox @ chatterbox.T), among)
+        np.fill_diagonal(among, -np.inf)
+        return margins(scores, np.where(np.eye(len(enrolled), dtype=bool), -np.inf, scores[None, :]), among)
     if scoring == MARGIN:
         from voicedb.cohort import margins
 
@@ -449,10 +486,11 @@ def open_set_trials(
     probes: np.ndarray,
     scoring: str,
     shipped: np.ndarray | None = None,
+    mixed: Mixed | None = None,
 ) -> Trials:
     """Every speaker of ``library`` enrolled with its first clip; each clip of ``probes`` (indices) scored: an
     enrolled speaker's other clips must find their voice, and every probe, with its own voice taken out of
-    the library, is a stranger who must be rejected (``shipped``: see ``library_scores``)."""
+    the library, is a stranger who must be rejected (``shipped``, ``mixed``: see ``library_scores``)."""
     first = np.array([int(np.flatnonzero(speakers == s)[0]) for s in library])
     owners = np.array(library)
     genuine, strangers, same, different = [], [], [], []
@@ -461,7 +499,7 @@ def open_set_trials(
         if own.any() and i in first:
             continue  # an enrolment clip is not its own probe
         if own.any():
-            scores = library_scores(evidence, first, int(i), scoring, shipped)
+            scores = library_scores(evidence, first, int(i), scoring, shipped, mixed)
             best = int(np.argmax(scores))
             genuine.append((bool(own[best]), float(scores[best])))
             same.append(float(scores[own][0]))
@@ -470,7 +508,7 @@ def open_set_trials(
         if not keep.any():  # nobody else enrolled: nothing to confuse the stranger with
             strangers.append(-np.inf)
             continue
-        scores = library_scores(evidence, first[keep], int(i), scoring, shipped)
+        scores = library_scores(evidence, first[keep], int(i), scoring, shipped, mixed)
         strangers.append(float(scores.max()))
     return Trials(genuine, np.array(strangers), np.array(same), np.array(different))
 
@@ -494,6 +532,8 @@ def wilson(successes: int, trials: int) -> tuple[float, float]:
 class SourceResult:
     accepted: tuple[int, int]
     rejected: tuple[int, int]
+    #: enrolled probes whose best voice is their own, whatever its score (closed-set top-1)
+    ranked: tuple[int, int] = (0, 0)
 
 
 def pair_threshold(evidence: Evidence, speakers: np.ndarray, clips: np.ndarray, target_far: float) -> float:
@@ -541,6 +581,38 @@ def leave_one_source_out(
         accepted = sum(right and score >= threshold for right, score in tested.genuine)
         rejected = int((tested.strangers < threshold).sum())
         results[held_out] = SourceResult((accepted, len(tested.genuine)), (rejected, len(tested.strangers)))
+    return results
+
+
+def mixed_library_loso(
+    fused: Evidence, conditionals: Evidence, speakers: np.ndarray, sources: np.ndarray, scoring: str, target: float
+) -> dict[str, SourceResult]:
+    """``leave_one_source_out`` of a library that mixes voices with and without clips: every other speaker
+    (in name order) is enrolled clip-less, by the conditionals embedding of its first clip. Per held-out
+    source the threshold is the all-clips library's, and the rescaling of clip-less cosines onto the matcher's
+    cosine scale comes from logistic fits (``fit_llr``) on the other sources alone, as ``match`` uses the
+    shipped ones. The genuine probes whose best voice is the right one are counted too (closed-set top-1)."""
+    multi = sorted(s for s in set(speakers) if (speakers == s).sum() >= 2)
+    clip_less = np.isin(speakers, multi[1::2])
+    (cond_voices, cond_probes) = conditionals[next(iter(conditionals))]
+    results = {}
+    for held_out in sorted(set(sources)):
+        train = np.flatnonzero(sources != held_out)
+        train_library = [s for s in multi if s in set(speakers[train])]
+        if scoring == COSINE:
+            threshold = pair_threshold(fused, speakers, train, target)
+        else:
+            threshold = stranger_threshold(
+                open_set_trials(fused, speakers, train_library, train, scoring).strangers, target
+            )
+        fits = [open_set_trials(e, speakers, train_library, train, COSINE) for e in (fused, conditionals)]
+        (a_p, b_p), (a_f, b_f) = (fit_llr(fit.same, fit.different) for fit in fits)
+        mixed = Mixed(clip_less, cond_voices, cond_probes, a_f / a_p, (b_f - b_p) / a_p)
+        tested = open_set_trials(fused, speakers, multi, np.flatnonzero(sources == held_out), scoring, mixed=mixed)
+        accepted = sum(right and score >= threshold for right, score in tested.genuine)
+        rejected = int((tested.strangers < threshold).sum())
+        ranked = (sum(right for right, _ in tested.genuine), len(tested.genuine))
+        results[held_out] = SourceResult((accepted, len(tested.genuine)), (rejected, len(tested.strangers)), ranked)
     return results
 
 
@@ -683,7 +755,17 @@ def main() -> None:
         loso[f"{name}, {MARGIN}, a library of that source alone + shipped cohort"] = leave_one_source_out(
             padded, speakers, sources, MARGIN, args.target_reject, voice_rows
         )
+    fused_evidence = evidences[f"{CHATTERBOX}+{CAMPPLUS}"]
+    for scoring in (COSINE, MARGIN):
+        target = args.target_far if scoring == COSINE else args.target_reject
+        loso[f"chatterbox+campplus, {scoring}, every other speaker clip-less"] = mixed_library_loso(
+            fused_evidence, evidences[CONDITIONALS_EVIDENCE], speakers, sources, scoring, target
+        )
     print_loso(loso, args.target_far, args.target_reject)
+    for name, results in loso.items():
+        if "clip-less" in name:
+            ranked = tuple(map(sum, zip(*(r.ranked for r in results.values()))))
+            print(f"{name}: closed-set top-1 {ranked[0]}/{ranked[1]}")
 
     multi = sorted(s for s in set(speakers) if (speakers == s).sum() >= 2)
     measured_on = f"tests/devset, {len(set(speakers))} speakers, {len(clips)} clips, {dt.date.today()}"
