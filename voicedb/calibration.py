@@ -190,6 +190,15 @@ class Thresholds:
         source = "shipped default (not measured for these encoder weights)"
         return Threshold(config.DEFAULT_THRESHOLD, "default", source, matcher, None, scores)
 
+    def cosine_threshold(self) -> float:
+        """The threshold on plain cosines of the library's matcher: ``resolve``'s where the library scores by
+        cosine, else the one shipped for the matcher's cosines (for checks that compare two clips, with no
+        cohort to take a margin against)."""
+        applied = self.resolve()
+        if applied.scores == COSINE_SCORES:
+            return applied.value
+        return float(config.SHIPPED_THRESHOLDS[self.identity()]["threshold"])
+
     def calibrate(self, dry_run: bool = False) -> Calibration:
         """Measure the library's same- and different-speaker scores from the stored clip embeddings (no audio
         is decoded), choose the equal-error-rate threshold, and store it for the library's encoder. The scores

@@ -205,12 +205,13 @@ class Enrollment:
         self, clips: Sequence[LoadedClip], match: list[ClipVectors], stored: list[ClipVectors], matcher: str
     ) -> list[str]:
         """New clips that sound like another speaker than the voice's other clips (its ``stored`` ones that
-        have the matcher's vectors, and the other new ones): scored as ``match`` would, against its threshold."""
+        have the matcher's vectors, and the other new ones): their cosine against the matcher's cosine threshold
+        (two clips of one voice have no cohort to take a margin against)."""
         encoders = set(encoders_of(matcher))
         stored = [clip for clip in stored if encoders <= set(clip)]
         if len(stored) + len(match) < 2:
             return []
-        threshold = self.thresholds.resolve().value
+        threshold = self.thresholds.cosine_threshold()
         found = []
         for n, (clip, vectors) in enumerate(zip(clips, match, strict=True)):
             others = fuse_clips([*stored, *(m for k, m in enumerate(match) if k != n)], matcher)
