@@ -308,7 +308,7 @@ def test_upload_list_match_rename_export_import_and_delete_a_voice(
         matched = http.post("/v1/match", files={"file": (query.name, query.read_bytes())}, data={"k": "2"}).json()
         assert matched["matches"][0]["id"] == voice["id"] and matched["matched"] is True
         assert len(matched["nearest"]) == 2
-        assert set(matched["matches"][0]) == {"id", "name", "score", "evidence", "verdict"}
+        assert set(matched["matches"][0]) == {"id", "name", "score", "evidence", "cosine", "verdict"}
         shipped = library.threshold()
         assert (matched["threshold"], matched["threshold_source"]) == (shipped.value, shipped.source)
         assert matched["matcher"] == "chatterbox+campplus"

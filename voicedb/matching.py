@@ -368,7 +368,8 @@ class Matcher:
         with self._voice_cohorts_lock:
             if self._voice_cohorts[0] == key:
                 self._voice_cohorts[1].update({pk: known[pk] for pk in voices})
-        rows = [known[pk].scores(scoring.top, exclude) for pk in pks]
+        # a voice the index names but the store lacks has no side: ``match_parts`` rebuilds the index for it
+        rows = [known[pk].scores(scoring.top, exclude) if pk in known else np.empty(0) for pk in pks]
         width = max(len(row) for row in rows)
         return np.stack([np.pad(row, (0, width - len(row)), constant_values=-np.inf) for row in rows])
 
