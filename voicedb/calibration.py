@@ -167,7 +167,7 @@ class Thresholds:
         identity = self.identity()
         matcher = identity.split(":")[0]
         calibrated = self.matcher.calibration(identity)
-        scores = self.matcher.scores()
+        scores = MARGIN_SCORES if self.matcher.margins(identity, calibrated) is not None else COSINE_SCORES
         shipped = config.SHIPPED_THRESHOLDS.get(identity)
         measured_on = shipped["measured_on"] if shipped else ""
         if shipped is not None and scores == MARGIN_SCORES:

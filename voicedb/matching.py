@@ -220,18 +220,16 @@ class Matcher:
             return None
         return Margins(int(measured["top"]), shipped)
 
-    def margins(self) -> Margins | None:
+    def margins(self, identity: str | None = None, calibrated: dict | None = None) -> Margins | None:
         """How this library scores: by cohort margin where it was measured for its matcher and weights, unless
-        the library was calibrated on cosines (a calibration from before margins keeps the scores it measured)."""
-        identity = self.identity()
-        calibrated = self.calibration(identity)
+        the library was calibrated on cosines (a calibration from before margins keeps the scores it measured).
+        A caller that has read the ``identity`` and its ``calibration`` already passes both."""
+        if identity is None:
+            identity = self.identity()
+            calibrated = self.calibration(identity)
         if calibrated is not None and calibrated.get("scores", COSINE_SCORES) != MARGIN_SCORES:
             return None
         return self.margins_measured(identity)
-
-    def scores(self) -> str:
-        """``MARGIN_SCORES`` or ``COSINE_SCORES``: what this library's match scores are."""
-        return MARGIN_SCORES if self.margins() is not None else COSINE_SCORES
 
     def scale(self) -> Scale:
         """How the fallback index's scores join the matcher's (see the module docstring)."""
